@@ -1,0 +1,92 @@
+"""One pub/sub connection per front, shared by every request it serves.
+
+Each request subscribes to its own channel before its job is queued, and waits for the
+server's subscribe confirmation, so not even the first token can be published unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from worker.protocol import Event, decode_event
+
+logger = logging.getLogger(__name__)
+
+
+class EventHub:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._inboxes: dict[str, asyncio.Queue[Event]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        # A placeholder subscription keeps the connection in pub/sub mode between requests.
+        await self._pubsub.subscribe("__hub__")
+        self._reader = asyncio.create_task(self._read(self._pubsub), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("event hub lost its connection; reconnecting")
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if message["type"] == "subscribe":
+                waiter = self._confirmations.pop(channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                continue
+            if message["type"] != "message":
+                continue
+            inbox = self._inboxes.get(channel)
+            if inbox is None:
+                continue
+            try:
+                inbox.put_nowait(decode_event(message["data"]))
+            except Exception:
+                logger.warning("undecodable event on %s", channel)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:
+        if self._pubsub is None:
+            raise RuntimeError("event hub not started")
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inboxes[channel] = inbox
+        self._confirmations[channel] = confirmed
+        try:
+            async with self._lock:
+                await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(confirmed, timeout=5.0)
+            yield inbox
+        finally:
+            self._inboxes.pop(channel, None)
+            self._confirmations.pop(channel, None)
+            with contextlib.suppress(Exception):
+                async with self._lock:
+                    await self._pubsub.unsubscribe(channel)

@@ -1,0 +1,45 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.dependencies import Services, services
+from api.errors import ServiceError
+from api.protocol import ChatCompletionRequest
+from api.streaming import DONE, ChunkWriter, relay
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, svc: Annotated[Services, Depends(services)]
+) -> JSONResponse | StreamingResponse:
+    if not body.stream:
+        completion = await svc.chat.complete(body)
+        return JSONResponse(completion.model_dump(exclude_none=True))
+    submission = await svc.chat.submit(body)
+    writer = ChunkWriter(
+        request_id=submission.request_id,
+        created=submission.created,
+        model=submission.model,
+        include_usage=body.wants_usage_chunk(),
+    )
+
+    async def body_stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in relay(svc.chat.events(submission), writer, include_usage=body.wants_usage_chunk()):
+                yield chunk
+        except ServiceError as exc:
+            yield writer.error(exc.body())
+            yield DONE
+        finally:
+            await svc.chat.close(submission)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Queue-Position": str(submission.queue_position)}
+    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,90 @@
+"""Server-sent events in OpenAI's chat.completion.chunk format.
+
+A chunk per token is the hot path, so each chunk is the request's fixed JSON prefix,
+the JSON-encoded text and a fixed suffix, rather than a model built and dumped per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from worker.protocol import Finished, Progress, Token
+
+DONE = b"data: [DONE]\n\n"
+_encode = msgspec.json.encode
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+def comment(text: str) -> bytes:
+    """An SSE comment line: OpenAI clients skip it, people and our tools can read it."""
+    return b": " + text.replace("\n", " ").encode() + b"\n\n"
+
+
+class ChunkWriter:
+    def __init__(self, *, request_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self._include_usage = include_usage
+        head = dict(self._base)
+        head_json = _encode(head)[:-1]  # drop the closing brace to append choices
+        self._content_prefix = b"data: " + head_json + b',"choices":[{"index":0,"delta":{"content":'
+        self._content_suffix = b'},"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        )
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        body: dict[str, Any] = {
+            **self._base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self._include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    def role(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""}, None)
+
+    def content(self, text: str) -> bytes:
+        return self._content_prefix + _encode(text) + self._content_suffix
+
+    def finish(self, reason: str) -> bytes:
+        return self._chunk({}, reason)
+
+    def usage(self, *, prompt_tokens: int, completion_tokens: int, extra: dict[str, Any] | None = None) -> bytes:
+        body: dict[str, Any] = {
+            **self._base,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        if extra:
+            body.update(extra)
+        return sse(body)
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return sse(body)
+
+
+async def relay(
+    events: AsyncIterator[Token | Finished | Progress], writer: ChunkWriter, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Chunks for one generation's events, ending with finish_reason, usage and [DONE]."""
+    yield writer.role()
+    async for event in events:
+        if isinstance(event, Token):
+            yield writer.content(event.text)
+        elif isinstance(event, Progress):
+            yield comment(f"step {event.step} {event.state} on {event.model}")
+        else:
+            yield writer.finish("stop" if event.reason == "cancelled" else event.reason)
+            if include_usage:
+                yield writer.usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+    yield DONE

@@ -1,0 +1,114 @@
+"""The one settings object, built from the ``INFERENCE_*`` environment at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OrchestrationMode = Literal["single", "critique", "debate", "ensemble", "pipeline"]
+
+
+def _default_memory_budget_mb() -> int:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        page_size = os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 16_384
+    # Leave a quarter of the machine to the OS and the fronts.
+    return int(pages * page_size * 0.75 // (1024 * 1024))
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"INFERENCE_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore", populate_by_name=True)
+
+    # Core
+    port: int = 8085
+    host: str = "0.0.0.0"
+    log_level: str = "INFO"
+
+    # Redis: every key this service writes starts with key_prefix (see README).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "inf"
+
+    # Model storage and selection
+    models_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "inference-service" / "models")
+    config: str = "E1"
+    preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    model_roles: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    memory_budget_mb: int = Field(default_factory=_default_memory_budget_mb)
+    evict_lru: bool = False
+
+    # Worker process
+    worker_model: str | None = None
+    worker_id: str | None = None
+    n_threads: int | None = None
+    n_ctx: int = 4096
+    null_token_delay_ms: float = 0.0
+    gpu_layers: int = -1
+    # "null" answers with fixed text at once: the queue-overhead benchmark's model.
+    backend: Literal["llamacpp", "vllm", "null"] = "llamacpp"
+    heartbeat_ttl_s: float = 5.0
+    idle_poll_s: float = 1.0
+
+    # Orchestration
+    orchestration_mode: OrchestrationMode | None = None
+    critique_max_rounds: int = 2
+    critique_threshold: float = 0.8
+    debate_max_rounds: int = 3
+    debate_reconcile_model: str = "primary"
+    debate_agreement_threshold: float = 0.8
+    ensemble_min_agreement: float = 0.7
+    ensemble_synthesis_model: str = "primary"
+    pipeline_stages: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["draft", "refine", "validate"])
+    dag_ttl_s: int = 3600
+
+    # Request handling
+    max_concurrent_requests: int = 10
+    request_timeout_s: float = Field(default=120.0, validation_alias=_env("REQUEST_TIMEOUT"))
+    max_concurrent_per_model: int = 1
+
+    # Queue behaviour
+    queue_strategy: Literal["fifo", "priority"] = "priority"
+    reject_when_full: bool = True
+    priority_enabled: bool = True
+    priority_levels: int = 3
+    default_priority: int = 2
+    priority_ageing_s: float = 30.0
+
+    # Auto-routing
+    auto_route_enabled: bool = False
+    auto_route_strategy: Literal["least_busy", "round_robin", "capability_match"] = "least_busy"
+    auto_route_fallback: bool = True
+
+    @field_validator("preload_models", "pipeline_stages", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("model_roles", mode="before")
+    @classmethod
+    def _parse_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("orchestration_mode", "worker_model", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]

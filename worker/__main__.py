@@ -1,0 +1,26 @@
+"""`python -m worker`: the same worker as `arq worker.Settings`, with a readable start-up error."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from arq.worker import run_worker
+
+from presets.settings import load_settings
+from worker.app import WorkerSetupError, create_worker_settings
+
+
+def main() -> int:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_worker(create_worker_settings(settings))
+    except WorkerSetupError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The arq worker for one model: its settings class, start-up and shutdown hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from arq import func
+from arq.connections import RedisSettings
+from redis.asyncio import ConnectionPool
+
+from presets.settings import Settings
+from worker.engine import Engine, LlamaEngine
+from worker.keys import Keys
+from worker.null_engine import NullEngine
+from worker.pool import WakeablePool
+from worker.presence import Presence, new_worker_id
+from worker.protocol import arq_deserialize, arq_serialize, decode_job
+from worker.queue import CHAT_FUNCTION
+from worker.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerSetupError(RuntimeError):
+    """The worker cannot start: a one-line reason for the operator."""
+
+
+def resolve_model_path(settings: Settings, model_id: str) -> Path:
+    """Where the worker finds its model's .gguf file."""
+    from presets.embedded import EMBEDDED_MODELS, resolve_embedded
+
+    if model_id in EMBEDDED_MODELS:
+        return resolve_embedded(model_id, models_dir=settings.models_dir)
+    try:
+        from presets.registry import load_registry
+    except ImportError as exc:  # pragma: no cover - the registry ships with the package
+        raise WorkerSetupError(f"unknown model {model_id!r}") from exc
+    registry = load_registry(models_dir=settings.models_dir)
+    path = registry.model_path(model_id)
+    if not path.is_file():
+        raise WorkerSetupError(f"model file {path} is missing: run `python -m presets download {model_id}`")
+    return path
+
+
+def load_engines(settings: Settings, model_id: str) -> list[Engine]:
+    """One engine per concurrent job this worker may run (llama contexts are not shared)."""
+    copies = max(settings.max_concurrent_per_model, 1)
+    if settings.backend == "null":
+        return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000)]
+    if settings.backend == "vllm":
+        from worker.vllm_engine import VllmEngine
+
+        return [VllmEngine(model_id=model_id, path=resolve_model_path(settings, model_id), settings=settings)]
+    path = resolve_model_path(settings, model_id)
+    return [
+        LlamaEngine(
+            model_id=model_id,
+            path=path,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            gpu_layers=settings.gpu_layers,
+        )
+        for _ in range(copies)
+    ]
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    pool: WakeablePool = ctx["redis"]
+    keys = Keys(prefix=settings.key_prefix)
+    model_id: str = ctx["model_id"]
+    worker_id = settings.worker_id or new_worker_id()
+    presence = Presence(pool, keys=keys, model=model_id, worker_id=worker_id, ttl_s=settings.heartbeat_ttl_s)
+    await presence.start(backend=settings.backend, context_length=0)
+    engines = load_engines(settings, model_id)
+    runtime = WorkerRuntime(pool, keys=keys, engines=engines, presence=presence, worker_id=worker_id)
+    await runtime.start()
+    await pool.start_wake_listener()
+    ctx["runtime"] = runtime
+    await presence.update(state="ready", backend=engines[0].backend, context_length=engines[0].context_length)
+    logger.info("worker %s serving %s (%s)", worker_id, model_id, engines[0].backend)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    pool: WakeablePool = ctx["redis"]
+    await pool.stop_wake_listener()
+    runtime: WorkerRuntime | None = ctx.get("runtime")
+    if runtime is not None:
+        await runtime.presence.stop()
+        await runtime.stop()
+
+
+async def chat(ctx: dict[str, Any], payload: bytes) -> None:
+    runtime: WorkerRuntime = ctx["runtime"]
+    job = decode_job(payload)
+    result = await runtime.run(job)
+    if job.dag_id is not None and result is not None:
+        from orchestration.steps import complete_step
+
+        await complete_step(ctx, job=job, result=result)
+
+
+def create_worker_settings(settings: Settings) -> type:
+    """Build the class `arq worker.Settings` reads (arq takes its options as class attributes)."""
+    model_id = settings.worker_model or os.environ.get("INFERENCE_WORKER_MODEL")
+    if not model_id:
+        raise WorkerSetupError("set INFERENCE_WORKER_MODEL to the model this worker serves (e.g. smollm2-135m)")
+    keys = Keys(prefix=settings.key_prefix)
+    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    pool = WakeablePool(
+        ConnectionPool.from_url(settings.redis_url),
+        queue_name=keys.queue(model_id),
+        wake_channel=keys.wake(model_id),
+        idle_wait_s=settings.idle_poll_s,
+        job_serializer=arq_serialize,
+        job_deserializer=arq_deserialize,
+    )
+    attributes: dict[str, Any] = {
+        "functions": [func(chat, name=CHAT_FUNCTION, timeout=settings.request_timeout_s + 30, max_tries=3)],
+        "queue_name": keys.queue(model_id),
+        "redis_settings": redis_settings,
+        "redis_pool": pool,
+        "on_startup": _startup,
+        "on_shutdown": _shutdown,
+        "max_jobs": max(settings.max_concurrent_per_model, 1),
+        # Only a busy worker polls: an idle one waits on the wake channel (see worker.pool).
+        "poll_delay": 0.005,
+        "keep_result": 0,
+        "job_serializer": arq_serialize,
+        "job_deserializer": arq_deserialize,
+        "ctx": {"settings": settings, "model_id": model_id},
+        "health_check_key": f"{settings.key_prefix}:health:{model_id}",
+        "health_check_interval": 60,
+        "log_results": False,
+    }
+    return type("Settings", (), attributes)

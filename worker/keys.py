@@ -1,0 +1,51 @@
+"""Redis key and channel names, all under one short prefix so `redis-cli --scan` finds them.
+
+The README's "Redis keys" table documents each of these for operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Keys:
+    prefix: str = "inf"
+
+    def queue(self, model: str) -> str:
+        """arq queue (sorted set of job ids; score = enqueue ms minus the priority lift)."""
+        return f"{self.prefix}:q:{model}"
+
+    def job_id(self, request_id: str) -> str:
+        """arq job id: carries the prefix so arq's own keys (arq:job:<id>) stay attributable."""
+        return f"{self.prefix}:{request_id}"
+
+    def events(self, request_id: str) -> str:
+        """Pub/sub channel a request's token events travel on."""
+        return f"{self.prefix}:ev:{request_id}"
+
+    def wake(self, model: str) -> str:
+        """Pub/sub channel that wakes idle workers of a model when a job is queued."""
+        return f"{self.prefix}:wake:{model}"
+
+    @property
+    def cancel(self) -> str:
+        """Pub/sub channel on which fronts announce cancelled request ids."""
+        return f"{self.prefix}:cancel"
+
+    def cancelled(self, request_id: str) -> str:
+        """Marker that a request was cancelled, for a worker that picks its job up late."""
+        return f"{self.prefix}:cancelled:{request_id}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live workers: member '<model>/<worker id>', score = heartbeat expiry ms."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, model: str, worker_id: str) -> str:
+        """Hash describing one worker; expires unless its heartbeat renews it."""
+        return f"{self.prefix}:worker:{model}:{worker_id}"
+
+    def running(self, model: str) -> str:
+        """Hash request id -> worker id of the jobs a model's workers are running now."""
+        return f"{self.prefix}:running:{model}"

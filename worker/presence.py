@@ -1,0 +1,132 @@
+"""Workers announce themselves in Redis so fronts know which models are served.
+
+Each worker keeps a hash (`<prefix>:worker:<model>:<id>`) with a TTL and an entry in the
+`<prefix>:workers` sorted set scored by when that TTL runs out. A heartbeat renews both;
+a worker that dies simply stops renewing, and readers ignore entries past their score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from worker.keys import Keys
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerInfo:
+    model: str
+    worker_id: str
+    state: str
+    host: str
+    pid: int
+    backend: str
+    context_length: int
+    running: int
+    jobs_done: int
+    started_ms: int
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes]) -> WorkerInfo:
+        field = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            model=field["model"],
+            worker_id=field["worker_id"],
+            state=field.get("state", "unknown"),
+            host=field.get("host", ""),
+            pid=int(field.get("pid", "0")),
+            backend=field.get("backend", ""),
+            context_length=int(field.get("context_length", "0")),
+            running=int(field.get("running", "0")),
+            jobs_done=int(field.get("jobs_done", "0")),
+            started_ms=int(field.get("started_ms", "0")),
+        )
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Presence:
+    """One worker's entry in the registry, renewed by a background heartbeat."""
+
+    def __init__(self, redis: Redis, *, keys: Keys, model: str, worker_id: str, ttl_s: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._model = model
+        self._worker_id = worker_id
+        self._ttl_ms = int(ttl_s * 1000)
+        self._fields: dict[str, str | int] = {
+            "model": model,
+            "worker_id": worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_ms": int(time.time() * 1000),
+            "state": "loading",
+            "running": 0,
+            "jobs_done": 0,
+        }
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def member(self) -> str:
+        return f"{self._model}/{self._worker_id}"
+
+    async def update(self, **fields: str | int) -> None:
+        self._fields.update(fields)
+        await self._write()
+
+    async def _write(self) -> None:
+        key = self._keys.worker(self._model, self._worker_id)
+        expires_ms = int(time.time() * 1000) + self._ttl_ms
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=self._fields)
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.zadd(self._keys.workers, {self.member: expires_ms})
+            await pipe.execute()
+
+    async def start(self, **fields: str | int) -> None:
+        await self.update(**fields)
+        self._task = asyncio.create_task(self._beat(), name="heartbeat")
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            with contextlib.suppress(Exception):
+                await self._write()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.worker(self._model, self._worker_id))
+            pipe.zrem(self._keys.workers, self.member)
+            await pipe.execute()
+
+
+async def live_workers(redis: Redis, *, keys: Keys) -> list[WorkerInfo]:
+    """Every worker whose heartbeat is current, read in two round trips."""
+    now_ms = int(time.time() * 1000)
+    members = await redis.zrangebyscore(keys.workers, now_ms, "+inf")
+    if not members:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for member in members:
+            model, _, worker_id = member.decode().partition("/")
+            pipe.hgetall(keys.worker(model, worker_id))
+        hashes = await pipe.execute()
+    return [WorkerInfo.from_hash(raw) for raw in hashes if raw]
+
+
+async def prune_dead(redis: Redis, *, keys: Keys) -> int:
+    now_ms = int(time.time() * 1000)
+    return int(await redis.zremrangebyscore(keys.workers, "-inf", now_ms - 1))

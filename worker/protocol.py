@@ -1,0 +1,106 @@
+"""Wire types between fronts and workers: job payloads and token events, msgspec-encoded."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    max_tokens: int | None = None
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One generation on one model; the unit a worker consumes from its queue."""
+
+    request_id: str
+    model: str
+    messages: list[Message]
+    params: SamplingParams
+    channel: str
+    priority: int
+    deadline_ms: int
+    task_type: str | None = None
+    orchestration_mode: str | None = None
+    # Orchestration steps publish nothing to the client until the final step.
+    publish_tokens: bool = True
+    dag_id: str | None = None
+    step: str | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True, tag="accepted", kw_only=True):
+    """The worker took the job and the prompt fits the model's context."""
+
+    model: str
+    worker_id: str
+    prompt_tokens: int
+
+
+class Token(msgspec.Struct, frozen=True, tag="token"):
+    text: str
+
+
+class Finished(msgspec.Struct, frozen=True, tag="finish", kw_only=True):
+    reason: Literal["stop", "length", "cancelled"]
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Failed(msgspec.Struct, frozen=True, tag="error", kw_only=True):
+    code: str
+    message: str
+    status: int = 500
+    param: str | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, tag="progress", kw_only=True):
+    """An orchestration step started or finished; streamed to clients as an SSE comment."""
+
+    step: str
+    model: str
+    state: Literal["started", "finished"]
+
+
+Event = Accepted | Token | Finished | Failed | Progress
+
+_job_encoder = msgspec.msgpack.Encoder()
+_job_decoder = msgspec.msgpack.Decoder(ChatJob)
+_event_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode_job(job: ChatJob) -> bytes:
+    return _job_encoder.encode(job)
+
+
+def decode_job(data: bytes) -> ChatJob:
+    return _job_decoder.decode(data)
+
+
+def encode_event(event: Event) -> bytes:
+    return _event_encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _event_decoder.decode(data)
+
+
+def arq_serialize(obj: object) -> bytes:
+    """arq's job envelope (function, args, tries) as msgpack instead of pickle."""
+    return msgspec.msgpack.encode(obj)
+
+
+def arq_deserialize(data: bytes) -> dict[str, object]:
+    decoded: dict[str, object] = msgspec.msgpack.decode(data)
+    return decoded

@@ -1,0 +1,184 @@
+"""Runs chat jobs on a worker: one model loaded once, generation in threads, tokens to pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from worker.engine import Engine, PromptTooLong
+from worker.keys import Keys
+from worker.presence import Presence
+from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Token, encode_event
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    """What a finished generation produced; orchestration steps build on it."""
+
+    text: str
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class WorkerRuntime:
+    def __init__(
+        self, redis: Redis, *, keys: Keys, engines: Sequence[Engine], presence: Presence, worker_id: str
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._engines: asyncio.Queue[Engine] = asyncio.Queue()
+        for engine in engines:
+            self._engines.put_nowait(engine)
+        self._all_engines = list(engines)
+        self.model_id = engines[0].model_id
+        self.worker_id = worker_id
+        self.presence = presence
+        self._threads = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
+        self._cancels: dict[str, threading.Event] = {}
+        self._cancel_pubsub: PubSub | None = None
+        self._cancel_task: asyncio.Task[None] | None = None
+        self._jobs_done = 0
+
+    @property
+    def running(self) -> int:
+        return len(self._cancels)
+
+    async def start(self) -> None:
+        self._cancel_pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._cancel_pubsub.subscribe(self._keys.cancel)
+        self._cancel_task = asyncio.create_task(self._listen_for_cancels(self._cancel_pubsub))
+
+    async def stop(self) -> None:
+        for event in self._cancels.values():
+            event.set()
+        if self._cancel_task is not None:
+            self._cancel_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._cancel_task
+        if self._cancel_pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_pubsub.aclose()
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for engine in self._all_engines:
+            engine.close()
+
+    async def _listen_for_cancels(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("cancel channel lost; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None:
+                continue
+            event = self._cancels.get(message["data"].decode())
+            if event is not None:
+                event.set()
+
+    async def _publish(self, channel: str, *events: Event) -> None:
+        if len(events) == 1:
+            await self._redis.publish(channel, encode_event(events[0]))
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.publish(channel, encode_event(event))
+            await pipe.execute()
+
+    async def run(self, job: ChatJob) -> StepResult | None:
+        """Run one job to its end; None when it was cancelled or expired before it started."""
+        if time.time() * 1000 >= job.deadline_ms or await self._redis.exists(self._keys.cancelled(job.request_id)):
+            return None
+        cancel = threading.Event()
+        self._cancels[job.request_id] = cancel
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(max(job.deadline_ms / 1000 - time.time(), 0), cancel.set)
+        engine = await self._engines.get()
+        try:
+            await self._mark_running(job, running=True)
+            return await self._generate(job, engine, cancel)
+        finally:
+            deadline.cancel()
+            self._engines.put_nowait(engine)
+            del self._cancels[job.request_id]
+            self._jobs_done += 1
+            await self._mark_running(job, running=False)
+
+    async def _mark_running(self, job: ChatJob, *, running: bool) -> None:
+        key = self._keys.running(self.model_id)
+        if running:
+            await self._redis.hset(key, job.request_id, self.worker_id)
+        else:
+            await self._redis.hdel(key, job.request_id)
+        await self.presence.update(
+            state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
+        )
+
+    async def _generate(self, job: ChatJob, engine: Engine, cancel: threading.Event) -> StepResult | None:
+        loop = asyncio.get_running_loop()
+        try:
+            prompt = await loop.run_in_executor(self._threads, engine.prepare, job.messages, job.params)
+        except PromptTooLong as exc:
+            await self._publish(
+                job.channel, Failed(code="context_length_exceeded", message=str(exc), status=400, param="messages")
+            )
+            return None
+        prompt_tokens = len(prompt.tokens)
+        await self._publish(
+            job.channel, Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)
+        )
+
+        pieces: asyncio.Queue[object] = asyncio.Queue()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def generate() -> object:
+            try:
+                return engine.generate(prompt, job.params, cancel=cancel, emit=emit)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+
+        future = loop.run_in_executor(self._threads, generate)
+        collected: list[str] = []
+        done = False
+        while not done:
+            batch = [await pieces.get()]
+            while not pieces.empty():
+                batch.append(pieces.get_nowait())
+            done = batch[-1] is _DONE
+            texts = [item for item in batch if isinstance(item, str)]
+            collected.extend(texts)
+            if job.publish_tokens and texts:
+                await self._publish(job.channel, *(Token(text) for text in texts))
+        try:
+            outcome = await future
+        except Exception as exc:
+            logger.exception("generation failed for %s", job.request_id)
+            await self._publish(job.channel, Failed(code="generation_failed", message=str(exc), status=500))
+            return None
+        reason = getattr(outcome, "reason", "stop")
+        completion_tokens = int(getattr(outcome, "completion_tokens", 0))
+        await self._publish(
+            job.channel,
+            Finished(reason=reason, model=self.model_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+        )
+        return StepResult(
+            text="".join(collected), reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
