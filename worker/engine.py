@@ -31,6 +31,8 @@ class Prompt:
     tokens: list[int]
     # Stop strings the chat template adds (its end-of-turn marker) beside the request's own.
     stop: list[str]
+    # The null engine's predetermined answer; real engines leave it empty.
+    script: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

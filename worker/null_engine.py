@@ -1,7 +1,9 @@
-"""A model that answers with fixed text at once: measures the queue path, not the model.
+"""A model that answers at once with known text: measures the queue path, not a model.
 
 Selected with INFERENCE_BACKEND=null. It exists for the queue-overhead benchmark and for
 tests of queue behaviour that need a slow, predictable model (INFERENCE_NULL_TOKEN_DELAY_MS).
+It echoes the last user message word by word (so a test can tell answers apart), or
+fixed words when there is none.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class NullEngine:
         # One "token" per whitespace-separated word, plus the turn markers a template adds.
         tokens = [0] * sum(len(m.content.split()) + 3 for m in messages)
         check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
-        return Prompt(tokens=tokens, stop=[])
+        last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        words = tuple(w if i == 0 else f" {w}" for i, w in enumerate(last_user.split())) or _WORDS
+        return Prompt(tokens=tokens, stop=[], script=words)
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
         limit = params.max_tokens or 16
@@ -37,7 +41,7 @@ class NullEngine:
                 return Outcome(reason="cancelled", completion_tokens=produced)
             if self._token_delay_s:
                 time.sleep(self._token_delay_s)
-            emit(_WORDS[produced % len(_WORDS)])
+            emit(prompt.script[produced % len(prompt.script)])
         return Outcome(reason="length", completion_tokens=limit)
 
     def close(self) -> None:
