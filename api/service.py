@@ -8,16 +8,35 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from arq.connections import ArqRedis
 
 from api.catalog import Catalog
 from api.errors import GenerationFailed, RequestTimeout, error_for
 from api.events import EventHub
-from api.protocol import ChatCompletion, ChatCompletionRequest, ChatMessageOut, Choice, usage_of
+from api.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Choice,
+    OrchestrationInfo,
+    usage_of,
+)
 from presets.settings import Settings
 from worker.keys import Keys
-from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Message, Progress, SamplingParams, Token
+from worker.protocol import (
+    Accepted,
+    ChatJob,
+    Event,
+    Failed,
+    Finished,
+    Message,
+    Progress,
+    SamplingParams,
+    Summary,
+    Token,
+)
 from worker.queue import QueuePolicy, enqueue_chat, queue_position, withdraw
 
 
@@ -33,6 +52,10 @@ class Submission:
     queue_position: int
     accepted: Accepted | None = None
     finished: bool = False
+    summary: Summary | None = None
+    # Token counts of orchestration steps before the one that writes the answer.
+    steps_prompt_tokens: int = 0
+    steps_completion_tokens: int = 0
     _exit: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def next_event(self) -> Event:
@@ -142,6 +165,12 @@ class ChatService:
                 raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
             if isinstance(event, Accepted):
                 continue
+            if isinstance(event, Summary):
+                submission.summary = event
+                continue
+            if isinstance(event, Progress) and event.state == "finished":
+                submission.steps_prompt_tokens += event.prompt_tokens
+                submission.steps_completion_tokens += event.completion_tokens
             yield event
             if isinstance(event, Finished):
                 submission.finished = True
@@ -166,5 +195,31 @@ class ChatService:
             created=submission.created,
             model=finish.model,
             choices=[Choice(message=ChatMessageOut(content="".join(parts)), finish_reason=finish.reason)],
-            usage=usage_of(finish.prompt_tokens, finish.completion_tokens),
+            usage=usage_of(
+                finish.prompt_tokens + submission.steps_prompt_tokens,
+                finish.completion_tokens + submission.steps_completion_tokens,
+            ),
+            orchestration=orchestration_info(submission.summary),
         )
+
+
+def stream_extras(submission: Submission, finish: Finished) -> tuple[int, int, dict[str, Any] | None]:
+    """Totals over every step, and the orchestration summary for the final chunk."""
+    info = orchestration_info(submission.summary)
+    return (
+        finish.prompt_tokens + submission.steps_prompt_tokens,
+        finish.completion_tokens + submission.steps_completion_tokens,
+        {"orchestration": info.model_dump(exclude_none=True)} if info else None,
+    )
+
+
+def orchestration_info(summary: Summary | None) -> OrchestrationInfo | None:
+    if summary is None:
+        return None
+    return OrchestrationInfo(
+        mode=summary.mode,
+        models_used=summary.models_used,
+        rounds=summary.rounds,
+        confidence=summary.confidence,
+        low_confidence=summary.low_confidence,
+    )

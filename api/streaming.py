@@ -6,7 +6,7 @@ the JSON-encoded text and a fixed suffix, rather than a model built and dumped p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -37,13 +37,15 @@ class ChunkWriter:
             b',"usage":null}\n\n' if include_usage else b"}\n\n"
         )
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None, extra: dict[str, Any] | None = None) -> bytes:
         body: dict[str, Any] = {
             **self._base,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self._include_usage:
             body["usage"] = None
+        if extra:
+            body.update(extra)
         return sse(body)
 
     def role(self) -> bytes:
@@ -52,10 +54,10 @@ class ChunkWriter:
     def content(self, text: str) -> bytes:
         return self._content_prefix + _encode(text) + self._content_suffix
 
-    def finish(self, reason: str) -> bytes:
-        return self._chunk({}, reason)
+    def finish(self, reason: str, *, extra: dict[str, Any] | None = None) -> bytes:
+        return self._chunk({}, reason, extra)
 
-    def usage(self, *, prompt_tokens: int, completion_tokens: int, extra: dict[str, Any] | None = None) -> bytes:
+    def usage(self, *, prompt_tokens: int, completion_tokens: int) -> bytes:
         body: dict[str, Any] = {
             **self._base,
             "choices": [],
@@ -65,8 +67,6 @@ class ChunkWriter:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        if extra:
-            body.update(extra)
         return sse(body)
 
     def error(self, body: dict[str, Any]) -> bytes:
@@ -74,9 +74,17 @@ class ChunkWriter:
 
 
 async def relay(
-    events: AsyncIterator[Token | Finished | Progress], writer: ChunkWriter, *, include_usage: bool
+    events: AsyncIterator[Token | Finished | Progress],
+    writer: ChunkWriter,
+    *,
+    include_usage: bool,
+    extras: Callable[[Finished], tuple[int, int, dict[str, Any] | None]],
 ) -> AsyncIterator[bytes]:
-    """Chunks for one generation's events, ending with finish_reason, usage and [DONE]."""
+    """Chunks for one answer's events, ending with finish_reason, usage and [DONE].
+
+    `extras` gives, once the answer finished, the total token counts over every step and
+    the fields (the orchestration summary) that go on the final chunk.
+    """
     yield writer.role()
     async for event in events:
         if isinstance(event, Token):
@@ -84,7 +92,8 @@ async def relay(
         elif isinstance(event, Progress):
             yield comment(f"step {event.step} {event.state} on {event.model}")
         else:
-            yield writer.finish("stop" if event.reason == "cancelled" else event.reason)
+            prompt_tokens, completion_tokens, fields = extras(event)
+            yield writer.finish("stop" if event.reason == "cancelled" else event.reason, extra=fields)
             if include_usage:
-                yield writer.usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+                yield writer.usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     yield DONE

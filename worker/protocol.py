@@ -32,10 +32,15 @@ class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline_ms: int
     task_type: str | None = None
     orchestration_mode: str | None = None
-    # Orchestration steps publish nothing to the client until the final step.
+    # Orchestration steps publish no text to the client, except the step that writes the answer.
     publish_tokens: bool = True
     dag_id: str | None = None
     step: str | None = None
+
+    @property
+    def job_key(self) -> str:
+        """Unique per job: a request's orchestration steps share its request id."""
+        return self.request_id if self.step is None else f"{self.request_id}/{self.step}"
 
 
 class Accepted(msgspec.Struct, frozen=True, tag="accepted", kw_only=True):
@@ -65,14 +70,29 @@ class Failed(msgspec.Struct, frozen=True, tag="error", kw_only=True):
 
 
 class Progress(msgspec.Struct, frozen=True, tag="progress", kw_only=True):
-    """An orchestration step started or finished; streamed to clients as an SSE comment."""
+    """An orchestration step started or finished; streamed to clients as an SSE comment.
+
+    A finished step carries its token counts, so the response's usage sums every step.
+    """
 
     step: str
     model: str
     state: Literal["started", "finished"]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
-Event = Accepted | Token | Finished | Failed | Progress
+class Summary(msgspec.Struct, frozen=True, tag="summary", kw_only=True):
+    """How an orchestrated answer came about; sent just before the final answer's text."""
+
+    mode: str
+    models_used: list[str]
+    rounds: int
+    confidence: float
+    low_confidence: bool | None = None
+
+
+Event = Accepted | Token | Finished | Failed | Progress | Summary
 
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(ChatJob)

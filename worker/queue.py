@@ -42,13 +42,13 @@ async def enqueue_chat(
     queued = await redis.enqueue_job(
         CHAT_FUNCTION,
         encode_job(job),
-        _job_id=keys.job_id(job.request_id),
+        _job_id=keys.job_id(job.job_key),
         _queue_name=keys.queue(job.model),
         _defer_until=datetime.fromtimestamp(score / 1000, tz=timezone.utc),
         _expires=max(expires_s, 1.0),
     )
     if queued is None:
-        raise RuntimeError(f"job {job.request_id} is already queued")
+        raise RuntimeError(f"job {job.job_key} is already queued")
     await redis.publish(keys.wake(job.model), b"1")
 
 

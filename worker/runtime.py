@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from worker.engine import Engine, PromptTooLong
+from worker.engine import Engine, Outcome, PromptTooLong
 from worker.keys import Keys
 from worker.presence import Presence
-from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Token, encode_event
+from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.presence = presence
         self._threads = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
-        self._cancels: dict[str, threading.Event] = {}
+        # job key -> (request id, its cancel flag); a request's steps share the request id.
+        self._cancels: dict[str, tuple[str, threading.Event]] = {}
         self._cancel_pubsub: PubSub | None = None
         self._cancel_task: asyncio.Task[None] | None = None
         self._jobs_done = 0
@@ -63,7 +64,7 @@ class WorkerRuntime:
         self._cancel_task = asyncio.create_task(self._listen_for_cancels(self._cancel_pubsub))
 
     async def stop(self) -> None:
-        for event in self._cancels.values():
+        for _, event in self._cancels.values():
             event.set()
         if self._cancel_task is not None:
             self._cancel_task.cancel()
@@ -88,9 +89,10 @@ class WorkerRuntime:
                 continue
             if message is None:
                 continue
-            event = self._cancels.get(message["data"].decode())
-            if event is not None:
-                event.set()
+            request_id = message["data"].decode()
+            for owner, event in list(self._cancels.values()):
+                if owner == request_id:
+                    event.set()
 
     async def _publish(self, channel: str, *events: Event) -> None:
         if len(events) == 1:
@@ -106,7 +108,7 @@ class WorkerRuntime:
         if time.time() * 1000 >= job.deadline_ms or await self._redis.exists(self._keys.cancelled(job.request_id)):
             return None
         cancel = threading.Event()
-        self._cancels[job.request_id] = cancel
+        self._cancels[job.job_key] = (job.request_id, cancel)
         loop = asyncio.get_running_loop()
         deadline = loop.call_later(max(job.deadline_ms / 1000 - time.time(), 0), cancel.set)
         engine = await self._engines.get()
@@ -116,16 +118,16 @@ class WorkerRuntime:
         finally:
             deadline.cancel()
             self._engines.put_nowait(engine)
-            del self._cancels[job.request_id]
+            del self._cancels[job.job_key]
             self._jobs_done += 1
             await self._mark_running(job, running=False)
 
     async def _mark_running(self, job: ChatJob, *, running: bool) -> None:
         key = self._keys.running(self.model_id)
         if running:
-            await self._redis.hset(key, job.request_id, self.worker_id)
+            await self._redis.hset(key, job.job_key, self.worker_id)
         else:
-            await self._redis.hdel(key, job.request_id)
+            await self._redis.hdel(key, job.job_key)
         await self.presence.update(
             state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
         )
@@ -140,16 +142,17 @@ class WorkerRuntime:
             )
             return None
         prompt_tokens = len(prompt.tokens)
-        await self._publish(
-            job.channel, Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)
-        )
+        accepted: list[Event] = [Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)]
+        if job.step is not None:
+            accepted.append(Progress(step=job.step, model=self.model_id, state="started"))
+        await self._publish(job.channel, *accepted)
 
         pieces: asyncio.Queue[object] = asyncio.Queue()
 
         def emit(text: str) -> None:
             loop.call_soon_threadsafe(pieces.put_nowait, text)
 
-        def generate() -> object:
+        def generate() -> Outcome:
             try:
                 return engine.generate(prompt, job.params, cancel=cancel, emit=emit)
             finally:
@@ -173,12 +176,21 @@ class WorkerRuntime:
             logger.exception("generation failed for %s", job.request_id)
             await self._publish(job.channel, Failed(code="generation_failed", message=str(exc), status=500))
             return None
-        reason = getattr(outcome, "reason", "stop")
-        completion_tokens = int(getattr(outcome, "completion_tokens", 0))
-        await self._publish(
-            job.channel,
-            Finished(reason=reason, model=self.model_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-        )
+        reason = outcome.reason
+        completion_tokens = outcome.completion_tokens
+        if job.publish_tokens:
+            end: Event = Finished(
+                reason=reason, model=self.model_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        else:
+            end = Progress(
+                step=job.step or "generate",
+                model=self.model_id,
+                state="finished",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+        await self._publish(job.channel, end)
         return StepResult(
             text="".join(collected), reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.dependencies import Services, services
 from api.errors import ServiceError
 from api.protocol import ChatCompletionRequest
+from api.service import stream_extras
 from api.streaming import DONE, ChunkWriter, relay
 
 router = APIRouter()
@@ -33,7 +35,12 @@ async def chat_completions(
 
     async def body_stream() -> AsyncIterator[bytes]:
         try:
-            async for chunk in relay(svc.chat.events(submission), writer, include_usage=body.wants_usage_chunk()):
+            async for chunk in relay(
+                svc.chat.events(submission),
+                writer,
+                include_usage=body.wants_usage_chunk(),
+                extras=partial(stream_extras, submission),
+            ):
                 yield chunk
         except ServiceError as exc:
             yield writer.error(exc.body())
