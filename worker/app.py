@@ -60,7 +60,8 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             model_id=model_id,
             path=path,
             n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads,
+            # llama.cpp's own default is half the cores; a worker owns its slot, so take them all.
+            n_threads=settings.n_threads or os.cpu_count(),
             gpu_layers=settings.gpu_layers,
         )
         for _ in range(copies)

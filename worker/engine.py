@@ -87,9 +87,9 @@ class LlamaEngine:
         self.context_length = self._llm.n_ctx()
         llm = self._llm
         self._eos = {llm.token_eos()}
-        template = llm.metadata.get("tokenizer.chat_template")
+        template = llm.metadata.get("tokenizer.chat_template") or fallback_template(llm.metadata)
         if not template:
-            raise ValueError(f"{path.name} carries no chat template")
+            raise ValueError(f"{path.name} carries no chat template and its architecture has no known one")
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=self._token_text(llm.token_eos()),
@@ -143,6 +143,26 @@ class LlamaEngine:
 
     def close(self) -> None:
         self._llm.close()
+
+
+# Gemma 3's published chat format, for GGUF files converted without their template:
+# no system role, so a system message is prepended to the first user turn.
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{{ (prefix if loop.first else '') + message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+_FALLBACK_TEMPLATES = {"gemma": _GEMMA_TEMPLATE, "gemma2": _GEMMA_TEMPLATE, "gemma3": _GEMMA_TEMPLATE}
+
+
+def fallback_template(metadata: dict[str, str]) -> str | None:
+    return _FALLBACK_TEMPLATES.get(metadata.get("general.architecture", ""))
 
 
 def _random_bytes(n: int) -> bytes:

@@ -49,3 +49,19 @@ class Keys:
     def running(self, model: str) -> str:
         """Hash request id -> worker id of the jobs a model's workers are running now."""
         return f"{self.prefix}:running:{model}"
+
+    def dag(self, dag_id: str) -> str:
+        """Hash of one orchestration DAG: its plan, status, summary and final answer."""
+        return f"{self.prefix}:dag:{dag_id}"
+
+    def dag_outputs(self, dag_id: str) -> str:
+        """Hash step name -> that step's output, written once per step."""
+        return f"{self.prefix}:dag:{dag_id}:out"
+
+    def dag_claims(self, dag_id: str) -> str:
+        """Set of DAG transitions already taken, so a retried step cannot advance twice."""
+        return f"{self.prefix}:dag:{dag_id}:adv"
+
+    def dag_jobs(self, dag_id: str) -> str:
+        """Hash step name -> model of every step enqueued, so a cancel can withdraw them."""
+        return f"{self.prefix}:dag:{dag_id}:jobs"

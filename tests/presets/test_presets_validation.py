@@ -68,7 +68,9 @@ def test_mode_needing_more_models(registry: Registry, mode: str) -> None:
 
 def test_critique_without_a_generator(registry: Registry) -> None:
     # The spec's INFERENCE_MODEL_ROLES example narrows llama to fast and deepseek to thinker.
-    active = build_active(registry, config="D7", role_overrides={"llama-3.2-3b": ["fast"], "deepseek-r1-7b": ["thinker"]})
+    active = build_active(
+        registry, config="D7", role_overrides={"llama-3.2-3b": ["fast"], "deepseek-r1-7b": ["thinker"]}
+    )
     message = _error(active, registry)
     assert "needs a generator" in message
     assert "llama-3.2-3b=[fast]" in message
