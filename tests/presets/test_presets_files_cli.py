@@ -144,7 +144,7 @@ def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_check_passes_for_the_default_config(tmp_path: Path) -> None:
     result = _run_cli("check", env={"INFERENCE_MODELS_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "OK config=E1 mode=single models=smollm2-135m steps=-"
+    assert result.stdout.strip() == "OK config=E1 mode=single models=smollm2-135m,gemma3-270m steps=-"
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_every_preset_validates_with_default_settings(registry: Registry) -> Non
 def test_embedded_presets_cover_every_mode_over_the_tiny_models(registry: Registry) -> None:
     embedded = {name: registry.preset(name) for name in ("E1", "E2", "E3", "E4", "E5")}
     assert [p.mode for p in embedded.values()] == ["single", "critique", "debate", "ensemble", "pipeline"]
-    assert embedded["E1"].models == ("smollm2-135m",)
+    assert embedded["E1"].models == ("smollm2-135m", "gemma3-270m")
     for preset in list(embedded.values())[1:]:
         assert set(preset.models) == {"smollm2-135m", "gemma3-270m"}
     assert load_settings().config == "E1"
@@ -202,8 +202,8 @@ def test_role_override_at_load(tmp_path: Path) -> None:
 
 def test_resolve_active_defaults_to_e1(registry: Registry) -> None:
     active = resolve_active(registry, load_settings())
-    assert (active.config, active.models, active.mode) == ("E1", ("smollm2-135m",), "single")
-    assert dict(active.roles) == {"smollm2-135m": ("fast", "primary")}
+    assert (active.config, active.models, active.mode) == ("E1", ("smollm2-135m", "gemma3-270m"), "single")
+    assert dict(active.roles) == {"smollm2-135m": ("fast", "primary"), "gemma3-270m": ("primary", "thinker", "coder")}
     assert active.overridden == frozenset()
 
 

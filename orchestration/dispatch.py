@@ -1,0 +1,83 @@
+"""Carrying out a decision: publish the answer, or queue the next steps on their models' queues."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+
+from orchestration.dag import Conclude, Decision, FinalAnswer, Plan, step_job
+from orchestration.store import DagStore
+from worker.keys import Keys
+from worker.protocol import ChatJob, Finished, Token
+from worker.queue import enqueue_chat
+
+logger = logging.getLogger(__name__)
+
+
+async def stopped(redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan) -> bool:
+    """End the DAG if its client went away or its deadline passed; True if it must not go on."""
+    if await redis.exists(keys.cancelled(plan.template.request_id)):
+        await store.end("cancelled", error="the request was cancelled")
+        return True
+    if time.time() * 1000 >= plan.template.deadline_ms:
+        await store.end("failed", error="the request's deadline passed before the DAG finished")
+        return True
+    return False
+
+
+async def carry_out(
+    redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan, decision: Decision, repair: bool = False
+) -> None:
+    """Publish a concluded answer, or queue the decided steps.
+
+    ``repair``: a retried step re-takes a decision another run already took, maybe only
+    half carried out; it queues only the steps that are neither queued, running nor done.
+    """
+    channel = plan.template.channel
+    if isinstance(decision, Conclude):
+        finished = Finished(reason="stop", model=decision.model, prompt_tokens=0, completion_tokens=0)
+        await store.end(
+            "done",
+            final=FinalAnswer(text=decision.text, model=decision.model, reason="stop"),
+            summary=decision.summary,
+            channel=channel,
+            events=(decision.summary, Token(decision.text), finished),
+        )
+        return
+    if decision.summary is not None:
+        # Before the final step is queued: the client must have it before the answer's first token.
+        await store.publish_summary(channel, decision.summary)
+    jobs = [step_job(plan, order) for order in decision.steps]
+    await store.note_jobs((job.step or "", job.model) for job in jobs)
+    for job in jobs:
+        if repair and await _already_there(redis, keys=keys, store=store, job=job):
+            continue
+        await _enqueue(redis, keys=keys, plan=plan, job=job)
+
+
+async def _already_there(redis: ArqRedis, *, keys: Keys, store: DagStore, job: ChatJob) -> bool:
+    # From its enqueue on, a step has an arq job key (queued or running) or an output (done).
+    if job.step is not None and await store.has_output(job.step):
+        return True
+    return bool(await redis.exists(job_key_prefix + keys.job_id(job.job_key)))
+
+
+async def _enqueue(redis: ArqRedis, *, keys: Keys, plan: Plan, job: ChatJob) -> None:
+    now_ms = int(time.time() * 1000)
+    try:
+        # Scored at the DAG's start, not now: a request already under way keeps its place
+        # ahead of requests that arrived after it, so its later steps do not queue behind them.
+        await enqueue_chat(
+            redis,
+            keys=keys,
+            job=job,
+            policy=plan.policy(),
+            now_ms=min(plan.created_ms, now_ms),
+            expires_s=(job.deadline_ms - now_ms) / 1000,
+        )
+    except RuntimeError:
+        # Another run of the same decision queued it first.
+        logger.info("step %s of %s was already queued", job.step, plan.dag_id)
