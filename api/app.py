@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,17 +12,27 @@ from fastapi import FastAPI
 from redis.asyncio import ConnectionPool
 
 from api.catalog import Catalog
+from api.fleet import FleetService
+from api.model_cards import ModelCards
 from api.dependencies import Services
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.routes import chat, health, models
 from api.service import ChatService
+from presets.errors import PresetsError
+from presets.registry import registry_from_settings
 from presets.settings import Settings, load_settings
+from presets.validation import validate_active
 from worker.protocol import arq_deserialize, arq_serialize
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The front for one settings object; raises ConfigError when the active preset is invalid."""
     settings = settings or load_settings()
+    registry = registry_from_settings(settings)
+    active = registry.resolve_active(settings)
+    # Files live with the workers, possibly on other hosts: the front checks only the config.
+    validate_active(active, registry, check_files=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,11 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         hub = EventHub(redis)
         await hub.start()
-        catalog = Catalog(settings=settings, redis=redis)
+        catalog = Catalog(settings=settings, redis=redis, registry=registry, active=active)
+        fleet = FleetService(catalog=catalog, redis=redis)
         app.state.services = Services(
             settings=settings,
             catalog=catalog,
             chat=ChatService(settings=settings, redis=redis, hub=hub, catalog=catalog),
+            fleet=fleet,
+            models=ModelCards(catalog=catalog, fleet=fleet),
         )
         try:
             yield
@@ -57,4 +71,9 @@ def main() -> None:
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    try:
+        app = create_app(settings)
+    except PresetsError as exc:
+        print(f"front: {exc}", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

@@ -2,49 +2,91 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from redis.asyncio import Redis
 
 from api.errors import ModelNotFound, ModelUnavailable
-from presets.embedded import EMBEDDED_MODELS
+from presets.active import ActiveConfig
+from presets.errors import ModelNotLoadedError, UnknownModelError
+from presets.registry import Registry
+from presets.routing import resolve_model
 from presets.settings import Settings
 from worker.keys import Keys
 from worker.presence import WorkerInfo, live_workers
 
-GATEWAY_PREFIXES = ("inference:", "local:")
 SERVING_STATES = frozenset({"ready", "busy"})
+_LOADING_POLL_S = 0.1
 
 
-def strip_gateway_prefix(model: str) -> str:
-    for prefix in GATEWAY_PREFIXES:
-        if model.startswith(prefix):
-            return model[len(prefix) :]
-    return model
+@dataclass(frozen=True, kw_only=True)
+class FleetView:
+    """A snapshot of the workers: served models, models loading, and the workers themselves."""
 
+    workers: tuple[WorkerInfo, ...]
+    loading: frozenset[str]
 
-class Catalog:
-    def __init__(self, *, settings: Settings, redis: Redis) -> None:
-        self._settings = settings
-        self._redis = redis
-        self._keys = Keys(prefix=settings.key_prefix)
-
-    def known_models(self) -> list[str]:
-        return list(EMBEDDED_MODELS)
-
-    async def workers(self) -> list[WorkerInfo]:
-        return await live_workers(self._redis, keys=self._keys)
-
-    async def served_models(self) -> dict[str, list[WorkerInfo]]:
+    def served(self) -> dict[str, list[WorkerInfo]]:
         served: dict[str, list[WorkerInfo]] = {}
-        for info in await self.workers():
+        for info in self.workers:
             if info.state in SERVING_STATES:
                 served.setdefault(info.model, []).append(info)
         return served
 
-    async def route(self, requested: str, *, task_type: str | None) -> str:
-        model = strip_gateway_prefix(requested)
-        served = await self.served_models()
-        if model in served:
-            return model
-        if model in self.known_models():
-            raise ModelUnavailable(f"The model `{model}` is not loaded on any worker right now.")
-        raise ModelNotFound(requested)
+    def status(self, model: str) -> str | None:
+        """loaded, loading, or None when no worker serves or loads it."""
+        if model in self.served():
+            return "loaded"
+        if model in self.loading:
+            return "loading"
+        return None
+
+
+class Catalog:
+    def __init__(self, *, settings: Settings, redis: Redis, registry: Registry, active: ActiveConfig) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.active = active
+        self._redis = redis
+        self._keys = Keys(prefix=settings.key_prefix)
+
+    def roles(self) -> Mapping[str, tuple[str, ...]]:
+        """The active preset's roles, and the registry's for models loaded beyond it."""
+        return {**self.registry.roles_by_model(), **self.active.roles}
+
+    async def view(self) -> FleetView:
+        workers = await live_workers(self._redis, keys=self._keys)
+        markers = await self._redis.mget([self._keys.loading(m) for m in self.registry.model_ids()])
+        loading = {m for m, marker in zip(self.registry.model_ids(), markers, strict=True) if marker is not None}
+        loading |= {w.model for w in workers if w.state == "loading"}
+        return FleetView(workers=tuple(workers), loading=frozenset(loading))
+
+    async def served_models(self) -> dict[str, list[WorkerInfo]]:
+        return (await self.view()).served()
+
+    async def route(self, requested: str, *, task_type: str | None, deadline: float | None = None) -> str:
+        """The served model for a request; waits while the wanted model is still loading."""
+        while True:
+            view = await self.view()
+            served = view.served()
+            try:
+                return resolve_model(
+                    requested, task_type=task_type, loaded=list(served), roles=self.roles(),
+                    known=self.registry.model_ids(),
+                )
+            except UnknownModelError:
+                raise ModelNotFound(requested) from None
+            except ModelNotLoadedError as exc:
+                waiting = exc.model_id in view.loading
+                if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                    raise ModelUnavailable(_unavailable_message(exc.model_id, self.registry)) from None
+            await asyncio.sleep(_LOADING_POLL_S)
+
+
+def _unavailable_message(name: str, registry: Registry) -> str:
+    if name in registry.model_ids():
+        return f"The model `{name}` is not loaded on any worker right now; load it with POST /v1/models/{name}/load."
+    return f"No loaded model has the role `{name}`."

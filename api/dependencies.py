@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from api.catalog import Catalog
+from api.fleet import FleetService
+from api.model_cards import ModelCards
 from api.service import ChatService
 from presets.settings import Settings
 
@@ -16,6 +18,8 @@ class Services:
     settings: Settings
     catalog: Catalog
     chat: ChatService
+    fleet: FleetService
+    models: ModelCards
 
 
 def services(request: Request) -> Services:

@@ -100,9 +100,10 @@ class ChatService:
 
     async def submit(self, request: ChatCompletionRequest) -> Submission:
         """Queue the request and wait until a worker accepted it (or refused it with an error)."""
-        model = await self._catalog.route(request.model, task_type=request.task_type)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
         timeout_s = self._settings.request_timeout_s
+        started = time.monotonic()
+        model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = time.time()
         job = self._job_for(request, request_id=request_id, model=model, deadline_ms=int((now + timeout_s) * 1000))
         exit_stack = contextlib.AsyncExitStack()
@@ -111,7 +112,7 @@ class ChatService:
             request_id=request_id,
             model=model,
             created=int(now),
-            deadline=time.monotonic() + timeout_s,
+            deadline=started + timeout_s,
             inbox=inbox,
             queue_position=0,
             _exit=exit_stack,

@@ -1,20 +1,58 @@
-"""Carrying out a decision: publish the answer, or queue the next steps on their models' queues."""
+"""Each mode's flow, and carrying out its decisions: publish the answer, or queue the next steps."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
-from orchestration.dag import Conclude, Decision, FinalAnswer, Plan, step_job
+from orchestration.dag import Advance, Conclude, Decision, FinalAnswer, Flow, Plan, StepOrder, StepOutput, step_job
+from orchestration.errors import UnknownMode
+from orchestration.parallel import DebateFlow, EnsembleFlow
+from orchestration.sequential import CritiqueFlow, PipelineFlow
 from orchestration.store import DagStore
 from worker.keys import Keys
 from worker.protocol import ChatJob, Finished, Token
 from worker.queue import enqueue_chat
 
 logger = logging.getLogger(__name__)
+
+
+class SingleFlow:
+    """One model answers, streamed; no summary, as for a request without orchestration."""
+
+    def first(self, plan: Plan) -> Advance:
+        order = StepOrder(
+            name="single",
+            model=plan.cast.steps["single"],
+            messages=plan.conversation,
+            params=plan.answer_params(),
+            final=True,
+        )
+        return Advance(steps=(order,))
+
+    def group(self, plan: Plan, step: str) -> tuple[str, tuple[str, ...]]:
+        return step, (step,)
+
+    def decide(self, plan: Plan, group: str, outputs: Mapping[str, StepOutput]) -> Decision:
+        raise AssertionError("a single-model DAG has no step after its answer")
+
+
+def flow_for(mode: str) -> Flow:
+    if mode == "critique":
+        return CritiqueFlow()
+    if mode == "debate":
+        return DebateFlow()
+    if mode == "ensemble":
+        return EnsembleFlow()
+    if mode == "pipeline":
+        return PipelineFlow()
+    if mode == "single":
+        return SingleFlow()
+    raise UnknownMode(mode)
 
 
 async def stopped(redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan) -> bool:

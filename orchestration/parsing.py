@@ -14,16 +14,21 @@ from typing import Literal
 Verdict = Literal["pass", "fail"]
 
 _MAX_SCORE = 10.0
-_NUMBER = r"(\d+(?:\.\d+)?)"
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_OUT_OF = rf"(?:\s*(?:/|out\s+of)\s*{_NUMBER})?"
 # Asked-for format, also "Score = 7", "score: 7 / 10", "Rating: 8/10"; the last one wins
 # because the critique is told to end with it.
-_LABELLED = re.compile(rf"\b(?:score|rating)\s*[:=]\s*{_NUMBER}(?:\s*(?:/|out\s+of)\s*{_NUMBER})?", re.IGNORECASE)
-# "score of 7 out of 10", "I would score it 6/10", "rate this 4 out of 10".
+_LABELLED = re.compile(rf"\b(?:score|rating)\s*[:=]\s*{_NUMBER}{_OUT_OF}", re.IGNORECASE)
+# "score of 7 out of 10", "I would score it 6/10", "rate this answer a 4". Only short
+# filler words may stand between, so an echoed "SCORE: N/10" template reads as no score.
 _PHRASED = re.compile(
-    rf"\b(?:score|rate|rating|grade)\b[^\d\n]{{0,20}}?{_NUMBER}(?:\s*(?:/|out\s+of)\s*{_NUMBER})?", re.IGNORECASE
+    r"\b(?:score|rate|rating|grade)[sd]?\b"
+    r"(?:\s*[:=]|\s+(?:of|is|it|this|that|the|answer|response|a|an|at|as|would|be|to|me|i|give|gets?)\b){0,4}"
+    rf"\s*{_NUMBER}{_OUT_OF}",
+    re.IGNORECASE,
 )
 # A bare "7/10" or "7 out of 10": only over 10 or 100, so "1/2 cup" is no score.
-_FRACTION = re.compile(rf"{_NUMBER}\s*(?:/|out\s+of)\s*(10|100)\b(?!\s*[./]\d)", re.IGNORECASE)
+_FRACTION = re.compile(rf"(?<![\d./]){_NUMBER}\s*(?:/|out\s+of)\s*(10|100)\b(?![./]\d)", re.IGNORECASE)
 
 _VERDICT = re.compile(r"\bverdict\b\s*[:=\-]?\s*(pass(?:ed)?|fail(?:ed)?)\b", re.IGNORECASE)
 _NEGATED_PASS = re.compile(

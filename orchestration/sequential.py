@@ -121,9 +121,8 @@ class PipelineFlow:
             if following != "validate":
                 return self._text_step(plan, index + 1, text)
             check = prompts.validate(plan.conversation, text)
-            order = StepOrder(
-                name="pipeline.validate", model=self._model(plan, "validate"), messages=check, params=plan.judge_params()
-            )
+            validator = self._model(plan, "validate")
+            order = StepOrder(name="pipeline.validate", model=validator, messages=check, params=plan.judge_params())
             return Advance(steps=(order,))
         checked = outputs[f"pipeline.{stages[index - 1]}"]
         report = outputs[group].text

@@ -20,11 +20,16 @@ from collections.abc import Sequence
 from itertools import combinations
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# fmt: off
 _FUNCTION_WORDS = frozenset(
-    "a an and are as at be but by can do for from has have he her his i if in into is it its me my no not of on "
-    "or our she so that the their them then there these they this to was we were what when which who will with "
-    "would you your".split()
+    (
+        "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "for", "from", "has", "have", "he",
+        "her", "his", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or",
+        "our", "she", "so", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to",
+        "was", "we", "were", "what", "when", "which", "who", "will", "with", "would", "you", "your",
+    )
 )
+# fmt: on
 
 
 def _bag(text: str) -> Counter[str]:

@@ -13,8 +13,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
 from orchestration.dag import Limits, Plan
-from orchestration.dispatch import carry_out
-from orchestration.flows import flow_for
+from orchestration.dispatch import carry_out, flow_for
 from orchestration.store import DagStore, DagView
 from orchestration.team import Team, cast_for
 from presets.settings import Settings

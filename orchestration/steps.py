@@ -10,13 +10,13 @@ between claiming a transition and queueing its steps does not leave the DAG stuc
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from arq.connections import ArqRedis
 
 from orchestration.dag import FinalAnswer, StepOutput
-from orchestration.dispatch import carry_out, stopped
-from orchestration.flows import flow_for
+from orchestration.dispatch import carry_out, flow_for, stopped
 from orchestration.store import DagStore
 from presets.settings import Settings
 from worker.keys import Keys
@@ -45,7 +45,7 @@ async def complete_step(ctx: dict[str, Any], *, job: ChatJob, result: StepResult
         return
     store = DagStore(redis, keys=keys, dag_id=plan.dag_id, ttl_s=plan.ttl_s)
     if result.reason == "cancelled":
-        await store.end("cancelled", error=f"step {job.step} was cancelled")
+        await _end_unfinished(redis, keys=keys, store=store, job=job)
         return
     fresh, outputs = await store.record(job.step, StepOutput(model=job.model, text=result.text, reason=result.reason))
     if await store.status() != "running":
@@ -81,8 +81,14 @@ async def abandon_step(ctx: dict[str, Any], *, job: ChatJob) -> None:
     if await store.has_output(job.step):
         # A retry of a step that did finish once: the DAG went on with that output.
         return
+    await _end_unfinished(redis, keys=keys, store=store, job=job)
+
+
+async def _end_unfinished(redis: ArqRedis, *, keys: Keys, store: DagStore, job: ChatJob) -> None:
     if await redis.exists(keys.cancelled(job.request_id)):
         await store.end("cancelled", error="the request was cancelled")
+    elif time.time() * 1000 >= job.deadline_ms:
+        await store.end("failed", error=f"the request's deadline passed during step {job.step}")
     else:
         await store.end("failed", error=f"step {job.step} on {job.model} did not finish")
 

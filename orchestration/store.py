@@ -17,9 +17,9 @@ final answer are published in the same transaction, so a client never gets two a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -31,6 +31,17 @@ from worker.protocol import Event, Summary, encode_event
 
 Status = Literal["running", "done", "cancelled", "failed"]
 RUNNING = b"running"
+
+_T = TypeVar("_T")
+
+
+def _reply(call: object, kind: type[_T]) -> Awaitable[_T]:
+    # redis-py types replies as "awaitable or value" (and as str); ours is async and gives bytes.
+    return cast("Awaitable[_T]", call)
+
+
+def _raw(call: object) -> Awaitable[bytes | None]:
+    return cast("Awaitable[bytes | None]", call)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,20 +66,20 @@ class DagStore:
 
     async def create(self, plan: Plan) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self.key, "plan", msgspec.msgpack.encode(plan))
-            pipe.hset(self.key, "status", RUNNING)
+            pipe.hsetnx(self.key, "plan", msgspec.msgpack.encode(plan))  # type: ignore[arg-type]
+            pipe.hset(self.key, mapping={"status": RUNNING})
             pipe.expire(self.key, self._ttl_s)
             created, *_ = await pipe.execute()
         if not created:
             raise RuntimeError(f"DAG {plan.dag_id} already exists")
 
     async def plan(self) -> Plan | None:
-        raw = await self._redis.hget(self.key, "plan")
+        raw = await _raw(self._redis.hget(self.key, "plan"))
         return None if raw is None else msgspec.msgpack.decode(raw, type=Plan)
 
     async def status(self) -> str | None:
-        raw = await self._redis.hget(self.key, "status")
-        return None if raw is None else bytes(raw).decode()
+        raw = await _raw(self._redis.hget(self.key, "status"))
+        return None if raw is None else raw.decode()
 
     async def record(self, step: str, output: StepOutput) -> tuple[bool, dict[str, StepOutput]]:
         """Store a step's output unless it has one; returns (stored now, every output so far).
@@ -77,18 +88,20 @@ class DagStore:
         the others' outputs after writing its own, so exactly one may go on to the join.
         """
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self.outputs_key, step, msgspec.msgpack.encode(output))
+            pipe.hsetnx(self.outputs_key, step, msgspec.msgpack.encode(output))  # type: ignore[arg-type]
             pipe.hgetall(self.outputs_key)
             pipe.expire(self.outputs_key, self._ttl_s)
             stored, everything, _ = await pipe.execute()
-        outputs = {bytes(name).decode(): msgspec.msgpack.decode(raw, type=StepOutput) for name, raw in everything.items()}
+        outputs = {
+            bytes(name).decode(): msgspec.msgpack.decode(raw, type=StepOutput) for name, raw in everything.items()
+        }
         return bool(stored), outputs
 
     async def has_output(self, step: str) -> bool:
-        return bool(await self._redis.hexists(self.outputs_key, step))
+        return await _reply(self._redis.hexists(self.outputs_key, step), bool)
 
     async def output(self, step: str) -> StepOutput | None:
-        raw = await self._redis.hget(self.outputs_key, step)
+        raw = await _raw(self._redis.hget(self.outputs_key, step))
         return None if raw is None else msgspec.msgpack.decode(raw, type=StepOutput)
 
     async def claim(self, transition: str) -> bool:
@@ -109,18 +122,29 @@ class DagStore:
             await pipe.execute()
 
     async def jobs(self) -> dict[str, str]:
-        raw = await self._redis.hgetall(self.jobs_key)
+        raw = await _reply(self._redis.hgetall(self.jobs_key), dict)
         return {bytes(step).decode(): bytes(model).decode() for step, model in raw.items()}
 
-    async def publish_summary(self, channel: str, summary: Summary) -> None:
+    async def publish_summary(self, channel: str, summary: Summary) -> bool:
+        """Store and publish the summary unless a DAG run did already (a DAG has one summary)."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, "summary", msgspec.msgpack.encode(summary))
-            pipe.expire(self.key, self._ttl_s)
-            pipe.publish(channel, encode_event(summary))
-            await pipe.execute()
+            while True:
+                try:
+                    await pipe.watch(self.key)
+                    if await _reply(pipe.hexists(self.key, "summary"), bool):
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(self.key, mapping={"summary": msgspec.msgpack.encode(summary)})
+                    pipe.expire(self.key, self._ttl_s)
+                    pipe.publish(channel, encode_event(summary))
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     async def summary(self) -> Summary | None:
-        raw = await self._redis.hget(self.key, "summary")
+        raw = await _raw(self._redis.hget(self.key, "summary"))
         return None if raw is None else msgspec.msgpack.decode(raw, type=Summary)
 
     async def end(
@@ -145,10 +169,10 @@ class DagStore:
             while True:
                 try:
                     await pipe.watch(self.key)
-                    if await pipe.hget(self.key, "status") != RUNNING:
-                        await pipe.reset()
+                    if await _raw(pipe.hget(self.key, "status")) != RUNNING:
+                        await pipe.reset()  # type: ignore[no-untyped-call]
                         return False
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(self.key, mapping=fields)
                     for key in (self.key, self.outputs_key, self.claims_key, self.jobs_key):
                         pipe.expire(key, self._ttl_s)
@@ -161,7 +185,7 @@ class DagStore:
                     continue
 
     async def view(self) -> DagView | None:
-        raw = await self._redis.hgetall(self.key)
+        raw = await _reply(self._redis.hgetall(self.key), dict)
         if b"plan" not in raw:
             return None
         plan = msgspec.msgpack.decode(raw[b"plan"], type=Plan)

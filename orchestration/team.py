@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from orchestration.errors import NotEnoughModels, UnknownMode
-from presets.roles import MIN_MODELS, pick_model
-from presets.roles import PIPELINE_STAGE_STEPS as STAGE_STEP
+from presets.roles import MIN_MODELS, PIPELINE_STAGE_STEPS, pick_model
 from presets.routing import role_for_task
 
 MAX_DEBATERS = 3
 # Pipeline stages always run in this order; INFERENCE_PIPELINE_STAGES picks which run.
 STAGE_ORDER: tuple[str, ...] = ("draft", "refine", "validate")
+STAGE_STEP: Mapping[str, str] = PIPELINE_STAGE_STEPS
 _REASONING_ROLES = frozenset({"primary", "coder", "thinker", "longctx"})
 
 
@@ -114,22 +114,29 @@ def cast_for(
     return Cast(steps={"single": picker.by_role([role, "primary"]) or picker.models[0]})
 
 
+def _rank(picker: _Picker, model: str, wanted: Sequence[str]) -> int:
+    """0 for a model whose main role is the first wanted one; worse for later or secondary roles."""
+    roles = tuple(picker.roles.get(model, ()))
+    for index, role in enumerate(wanted):
+        if role in roles:
+            return 2 * index + (0 if roles[0] == role else 1)
+    return 2 * len(wanted)
+
+
 def _critique(picker: _Picker, task_type: str | None) -> Cast:
     wanted = generator_roles(task_type)
-    generator = picker.assigned("generator")
-    critic = picker.assigned("critic")
-    if generator is None:
-        # Leave the best thinker free to critique when another model can generate.
-        spare = critic or picker.by_role(["thinker"])
-        generator = (
-            picker.by_role(wanted, exclude=[spare] if spare else [])
-            or (picker.by_role(wanted) if critic is None else None)
-            or picker.any_but(spare, critic)
-            or picker.models[0]
-        )
-    if critic is None or critic == generator:
-        critic = picker.by_role(["thinker"], exclude=[generator]) or picker.any_but(generator) or generator
-    return Cast(steps={"generator": generator, "critic": critic})
+    generator, critic = picker.assigned("generator"), picker.assigned("critic")
+    generators = [generator] if generator else picker.models
+    critics = [critic] if critic and critic != generator else picker.models
+    order = {model: index for index, model in enumerate(picker.models)}
+    # The best generator first, then the best thinker among the others; the team's order breaks ties.
+
+    def fit(pair: tuple[str, str]) -> tuple[int, int, int, int]:
+        g, c = pair
+        return _rank(picker, g, wanted), _rank(picker, c, ["thinker"]), order[g], order[c]
+
+    chosen_generator, chosen_critic = min(((g, c) for g in generators for c in critics if g != c), key=fit)
+    return Cast(steps={"generator": chosen_generator, "critic": chosen_critic})
 
 
 def _debaters(picker: _Picker) -> list[str]:
@@ -143,19 +150,33 @@ def _debaters(picker: _Picker) -> list[str]:
 
 
 def _pipeline(picker: _Picker, task_type: str | None, pipeline_stages: Sequence[str]) -> Cast:
-    wanted = [stage for stage in STAGE_ORDER if stage in pipeline_stages] or list(STAGE_ORDER)
+    wanted = [stage for stage in STAGE_ORDER if stage in pipeline_stages]
+    if not {"draft", "refine"}.intersection(wanted):
+        # Nothing would write the text to validate.
+        wanted = list(STAGE_ORDER)
     preset = any(step in picker.assignments for step in STAGE_STEP.values())
     chosen: dict[str, str] = {}
-    # Validator before refiner: with two models the pipeline is drafter + validator.
-    for stage, roles in (("draft", ("fast", "primary")), ("validate", ("primary",)), ("refine", refiner_roles(task_type))):
-        step = STAGE_STEP[stage]
-        if stage not in wanted:
-            continue
-        model = picker.assigned(step)
-        if model is None and (not preset or step in picker.assignments):
-            model = picker.by_role(roles, exclude=chosen.values())
+
+    wanted_steps = [STAGE_STEP[stage] for stage in wanted]
+    # Loaded preset choices first, so a derived step never takes a model the preset gave another.
+    for step in wanted_steps:
+        assigned = picker.assigned(step)
+        if assigned is not None:
+            chosen[step] = assigned
+
+    def choose(step: str, roles: Sequence[str]) -> None:
+        if step in chosen or step not in wanted_steps or (preset and step not in picker.assignments):
+            return
+        model = picker.by_role(roles, exclude=chosen.values()) if roles else picker.any_but(*chosen.values())
         if model is not None:
             chosen[step] = model
+
+    choose("drafter", ["fast"])
+    # Validator before refiner: with two models the pipeline is drafter + validator.
+    choose("validator", ["primary"])
+    # No fast model: any model the validator leaves drafts.
+    choose("drafter", [])
+    choose("refiner", refiner_roles(task_type))
     # A pipeline of one stage is no pipeline: give the next wanted stage any spare model.
     for stage in wanted:
         if len(chosen) >= min(2, len(wanted)):

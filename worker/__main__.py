@@ -7,6 +7,8 @@ import sys
 
 from arq.worker import run_worker
 
+from presets.embedded import EmbeddedModelMissing
+from presets.errors import PresetsError
 from presets.settings import load_settings
 from worker.app import WorkerSetupError, create_worker_settings
 
@@ -16,7 +18,7 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_worker(create_worker_settings(settings))
-    except WorkerSetupError as exc:
+    except (WorkerSetupError, PresetsError, EmbeddedModelMissing) as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -76,12 +76,18 @@ async def _startup(ctx: dict[str, Any]) -> None:
     worker_id = settings.worker_id or new_worker_id()
     presence = Presence(pool, keys=keys, model=model_id, worker_id=worker_id, ttl_s=settings.heartbeat_ttl_s)
     await presence.start(backend=settings.backend, context_length=0)
-    engines = load_engines(settings, model_id)
+    try:
+        engines = load_engines(settings, model_id)
+    except BaseException:
+        await presence.stop()
+        await pool.delete(keys.loading(model_id))
+        raise
     runtime = WorkerRuntime(pool, keys=keys, engines=engines, presence=presence, worker_id=worker_id)
     await runtime.start()
     await pool.start_wake_listener()
     ctx["runtime"] = runtime
     await presence.update(state="ready", backend=engines[0].backend, context_length=engines[0].context_length)
+    await pool.delete(keys.loading(model_id))
     logger.info("worker %s serving %s (%s)", worker_id, model_id, engines[0].backend)
 
 
@@ -130,6 +136,8 @@ def create_worker_settings(settings: Settings) -> type:
         # Only a busy worker polls: an idle one waits on the wake channel (see worker.pool).
         "poll_delay": 0.005,
         "keep_result": 0,
+        # On SIGTERM (and on an unload command) running jobs finish before the worker exits.
+        "job_completion_wait": int(settings.request_timeout_s) + 5,
         "job_serializer": arq_serialize,
         "job_deserializer": arq_deserialize,
         "ctx": {"settings": settings, "model_id": model_id},

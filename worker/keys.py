@@ -65,3 +65,21 @@ class Keys:
     def dag_jobs(self, dag_id: str) -> str:
         """Hash step name -> model of every step enqueued, so a cancel can withdraw them."""
         return f"{self.prefix}:dag:{dag_id}:jobs"
+
+    @property
+    def fleet(self) -> str:
+        """Pub/sub channel on which fronts ask fleet supervisors to load or unload a model."""
+        return f"{self.prefix}:fleet"
+
+    def control(self, model: str) -> str:
+        """Pub/sub channel telling every worker of a model to stop after its running jobs."""
+        return f"{self.prefix}:ctl:{model}"
+
+    def loading(self, model: str) -> str:
+        """Set while a supervisor starts a worker for the model, before the worker registers."""
+        return f"{self.prefix}:loading:{model}"
+
+    @property
+    def last_used(self) -> str:
+        """Sorted set model -> when its last job finished (ms): least recently used for eviction."""
+        return f"{self.prefix}:lastused"

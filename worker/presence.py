@@ -76,6 +76,10 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
 
     @property
+    def state(self) -> str:
+        return str(self._fields["state"])
+
+    @property
     def member(self) -> str:
         return f"{self._model}/{self._worker_id}"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from redis.asyncio.client import PubSub
 from worker.engine import Engine, Outcome, PromptTooLong
 from worker.keys import Keys
 from worker.presence import Presence
+from worker.fleet_protocol import UNLOAD
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,7 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         self._cancel_pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._cancel_pubsub.subscribe(self._keys.cancel)
+        await self._cancel_pubsub.subscribe(self._keys.cancel, self._keys.control(self.model_id))
         self._cancel_task = asyncio.create_task(self._listen_for_cancels(self._cancel_pubsub))
 
     async def stop(self) -> None:
@@ -89,10 +92,20 @@ class WorkerRuntime:
                 continue
             if message is None:
                 continue
+            if message["channel"].decode() == self._keys.control(self.model_id):
+                if message["data"] == UNLOAD:
+                    await self._unload()
+                continue
             request_id = message["data"].decode()
             for owner, event in list(self._cancels.values()):
                 if owner == request_id:
                     event.set()
+
+    async def _unload(self) -> None:
+        """Stop taking jobs, let the running ones finish, then exit (arq's graceful SIGTERM)."""
+        logger.info("unload requested for %s", self.model_id)
+        await self.presence.update(state="stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _publish(self, channel: str, *events: Event) -> None:
         if len(events) == 1:
@@ -127,10 +140,14 @@ class WorkerRuntime:
         if running:
             await self._redis.hset(key, job.job_key, self.worker_id)
         else:
-            await self._redis.hdel(key, job.job_key)
-        await self.presence.update(
-            state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
-        )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(key, job.job_key)
+                pipe.zadd(self._keys.last_used, {self.model_id: int(time.time() * 1000)})
+                await pipe.execute()
+        if self.presence.state != "stopping":
+            await self.presence.update(
+                state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
+            )
 
     async def _generate(self, job: ChatJob, engine: Engine, cancel: threading.Event) -> StepResult | None:
         loop = asyncio.get_running_loop()

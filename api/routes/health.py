@@ -19,14 +19,5 @@ async def health() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
-    served = await svc.catalog.served_models()
-    if not served:
-        return JSONResponse({"status": "not_ready", "reason": "No model worker is ready"}, status_code=503)
-    return JSONResponse(
-        {
-            "status": "ready",
-            "config": svc.settings.config,
-            "loaded_models": sorted(served),
-            "orchestration_mode": svc.settings.orchestration_mode,
-        }
-    )
+    status, body = await svc.models.readiness()
+    return JSONResponse(body, status_code=status)

@@ -1,4 +1,4 @@
-"""GET /v1/models."""
+"""GET /v1/models, POST /v1/models/{model_id}/load and /unload."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def list_models(svc: Annotated[Services, Depends(services)]) -> ModelList:
-    served = await svc.catalog.served_models()
-    cards = [
-        ModelCard(
-            id=model,
-            created=min(w.started_ms for w in workers) // 1000,
-            status="loaded",
-            context_length=max(w.context_length for w in workers),
-            workers=len(workers),
-        )
-        for model, workers in sorted(served.items())
-    ]
-    return ModelList(data=cards, config=svc.settings.config, orchestration_mode=svc.settings.orchestration_mode)
+    return ModelList(
+        data=[ModelCard(**card) for card in await svc.models.cards()],
+        config=svc.settings.config,
+        orchestration_mode=svc.catalog.active.mode,
+    )
+
+
+@router.post("/v1/models/{model_id}/load")
+async def load_model(model_id: str, svc: Annotated[Services, Depends(services)]) -> dict[str, object]:
+    return await svc.fleet.load(model_id)
+
+
+@router.post("/v1/models/{model_id}/unload")
+async def unload_model(model_id: str, svc: Annotated[Services, Depends(services)]) -> dict[str, object]:
+    return await svc.fleet.unload(model_id)
