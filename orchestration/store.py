@@ -67,7 +67,7 @@ class DagStore:
     async def create(self, plan: Plan) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.key, "plan", msgspec.msgpack.encode(plan))  # type: ignore[arg-type]
-            pipe.hset(self.key, mapping={"status": RUNNING})
+            pipe.hsetnx(self.key, "status", RUNNING)  # type: ignore[arg-type]
             pipe.expire(self.key, self._ttl_s)
             created, *_ = await pipe.execute()
         if not created:

@@ -59,6 +59,7 @@ class Harness:
 
     async def start(self, mode: str, crew: Team, *, job: ChatJob | None = None) -> None:
         self.template = job or self.template
+        await self.close()
         self._pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.template.channel)
         # Read the subscription's confirmation, so the subscription is in place before any publish.

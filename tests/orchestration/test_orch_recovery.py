@@ -184,5 +184,24 @@ async def test_steps_of_a_started_request_keep_its_place_in_the_queue(dag: Harne
     assert await dag.pool.exists(job_key_prefix + order[0].decode())
 
 
-def test_single_flow_has_no_decision_after_its_answer() -> None:
+async def test_a_dag_cannot_be_started_twice(dag: Harness) -> None:
+    await dag.start("critique", CRITIQUE)
+    await withdraw_dag(dag.pool, keys=dag.keys, request_id=dag.template.request_id, marker_ttl_s=60)
+    try:
+        await dag.start("critique", CRITIQUE)
+    except RuntimeError as exc:
+        assert "already exists" in str(exc)
+    else:
+        raise AssertionError("the same DAG started twice")
+    assert (await dag.view()).status == "cancelled"
+
+
+async def test_single_mode_is_one_streamed_step(dag: Harness) -> None:
+    await dag.start("single", team("llama-3.2-3b", "phi-4"))
+    job = await dag.take_one()
+    assert (job.step, job.model, job.publish_tokens) == ("single", "phi-4", True)
+    await dag.finish(job, "4")
+    view = await dag.view()
+    assert view.status == "done" and view.summary is None and view.final is not None and view.final.text == "4"
+    assert await dag.events() == []
     assert flow_for("single").group(None, "single") == ("single", ("single",))  # type: ignore[arg-type]
