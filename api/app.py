@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from redis.asyncio import ConnectionPool
 
 from api.catalog import Catalog
-from api.fleet import FleetService
-from api.model_cards import ModelCards
 from api.dependencies import Services
 from api.errors import install_error_handlers
 from api.events import EventHub
+from api.fleet import FleetService
+from api.model_cards import ModelCards
 from api.routes import chat, health, models
 from api.service import ChatService
 from presets.errors import PresetsError

@@ -67,6 +67,21 @@ class Catalog:
     async def served_models(self) -> dict[str, list[WorkerInfo]]:
         return (await self.view()).served()
 
+    async def check_known(self, requested: str) -> None:
+        """A model id, role or `auto` this service knows; ModelNotFound otherwise."""
+        try:
+            resolve_model(
+                requested,
+                task_type=None,
+                loaded=self.registry.model_ids(),
+                roles=self.roles(),
+                known=self.registry.model_ids(),
+            )
+        except UnknownModelError:
+            raise ModelNotFound(requested) from None
+        except ModelNotLoadedError:
+            return
+
     async def route(self, requested: str, *, task_type: str | None, deadline: float | None = None) -> str:
         """The served model for a request; waits while the wanted model is still loading."""
         while True:
@@ -74,7 +89,10 @@ class Catalog:
             served = view.served()
             try:
                 return resolve_model(
-                    requested, task_type=task_type, loaded=list(served), roles=self.roles(),
+                    requested,
+                    task_type=task_type,
+                    loaded=list(served),
+                    roles=self.roles(),
                     known=self.registry.model_ids(),
                 )
             except UnknownModelError:

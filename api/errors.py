@@ -125,4 +125,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse(ServiceError("The server had an error while processing your request.").body(), status_code=500)
+        return JSONResponse(
+            ServiceError("The server had an error while processing your request.").body(), status_code=500
+        )

@@ -57,7 +57,9 @@ class FleetService:
                     param="model_id",
                 )
             await self._make_room(model, view)
-            receivers = await self._redis.publish(self._keys.fleet, encode_command(FleetCommand(action="load", model=model)))
+            receivers = await self._redis.publish(
+                self._keys.fleet, encode_command(FleetCommand(action="load", model=model))
+            )
             if not receivers:
                 raise ModelUnavailable(
                     "No fleet supervisor is running to start a worker; run `python -m worker.fleet`, "
@@ -72,8 +74,10 @@ class FleetService:
         if view.status(model) is None:
             return self._answer(model, "unloaded")
         await self._stop(model)
-        await self._wait(lambda v: v.status(model) is None and not any(w.model == model for w in v.workers),
-                         what=f"unloading {model}")
+        await self._wait(
+            lambda v: v.status(model) is None and not any(w.model == model for w in v.workers),
+            what=f"unloading {model}",
+        )
         return self._answer(model, "unloaded")
 
     async def _stop(self, model: str) -> None:

@@ -45,7 +45,11 @@ class ModelCards:
         loaded_of_preset = [m for m in active.models if m in served]
         if view.loading or not served:
             reason = "Models still loading" if view.loading or not loaded_of_preset else "No model is loaded"
-            body = {"status": "not_ready", "reason": reason, "progress": f"{len(loaded_of_preset)}/{len(active.models)}"}
+            body = {
+                "status": "not_ready",
+                "reason": reason,
+                "progress": f"{len(loaded_of_preset)}/{len(active.models)}",
+            }
             return 503, body
         return 200, {
             "status": "ready",

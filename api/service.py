@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from api.catalog import Catalog
-from api.errors import GenerationFailed, RequestTimeout, error_for
+from api.errors import GenerationFailed, InvalidRequest, RequestTimeout, error_for
 from api.events import EventHub
 from api.protocol import (
     ChatCompletion,
@@ -23,6 +23,9 @@ from api.protocol import (
     OrchestrationInfo,
     usage_of,
 )
+from orchestration.errors import NotEnoughModels, UnknownMode
+from orchestration.start import start_dag, withdraw_dag
+from orchestration.team import Team
 from presets.settings import Settings
 from worker.keys import Keys
 from worker.protocol import (
@@ -50,6 +53,7 @@ class Submission:
     deadline: float
     inbox: asyncio.Queue[Event]
     queue_position: int
+    dag: bool = False
     accepted: Accepted | None = None
     finished: bool = False
     summary: Summary | None = None
@@ -89,7 +93,9 @@ class ChatService:
         return ChatJob(
             request_id=request_id,
             model=model,
-            messages=[Message(role=m.role if m.role != "developer" else "system", content=m.text()) for m in request.messages],
+            messages=[
+                Message(role=m.role if m.role != "developer" else "system", content=m.text()) for m in request.messages
+            ],
             params=params,
             channel=self._keys.events(request_id),
             priority=request.priority or self._settings.default_priority,
@@ -98,11 +104,29 @@ class ChatService:
             orchestration_mode=request.orchestration_mode,
         )
 
+    async def _team(self, mode: str) -> Team:
+        served = (await self._catalog.view()).served()
+        roles = self._catalog.roles()
+        active = self._catalog.active
+        # The preset's order first: ties between equally fit models go the preset's way.
+        ordered = [m for m in active.models if m in served] + [m for m in served if m not in active.models]
+        return Team(
+            models={m: tuple(roles.get(m, ())) for m in ordered},
+            assignments=dict(active.steps) if active.mode == mode else {},
+        )
+
     async def submit(self, request: ChatCompletionRequest) -> Submission:
         """Queue the request and wait until a worker accepted it (or refused it with an error)."""
         timeout_s = self._settings.request_timeout_s
         started = time.monotonic()
-        model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
+        mode = request.orchestration_mode or self._catalog.active.mode
+        orchestrated = mode != "single"
+        if orchestrated:
+            # Which models run which steps is the DAG's choice; the requested model must exist.
+            await self._catalog.check_known(request.model)
+            model: str = mode
+        else:
+            model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = time.time()
         job = self._job_for(request, request_id=request_id, model=model, deadline_ms=int((now + timeout_s) * 1000))
@@ -115,15 +139,24 @@ class ChatService:
             deadline=started + timeout_s,
             inbox=inbox,
             queue_position=0,
+            dag=orchestrated,
             _exit=exit_stack,
         )
         try:
-            await enqueue_chat(
-                self._redis, keys=self._keys, job=job, policy=self._policy, now_ms=int(now * 1000), expires_s=timeout_s
-            )
-            submission.queue_position = await queue_position(
-                self._redis, keys=self._keys, model=model, request_id=request_id
-            ) or 0
+            if orchestrated:
+                await self._start_dag(job, mode=mode)
+            else:
+                await enqueue_chat(
+                    self._redis,
+                    keys=self._keys,
+                    job=job,
+                    policy=self._policy,
+                    now_ms=int(now * 1000),
+                    expires_s=timeout_s,
+                )
+                submission.queue_position = (
+                    await queue_position(self._redis, keys=self._keys, model=model, request_id=request_id) or 0
+                )
             while submission.accepted is None:
                 event = await self._next(submission)
                 if isinstance(event, Accepted):
@@ -134,6 +167,20 @@ class ChatService:
             await self.close(submission)
             raise
         return submission
+
+    async def _start_dag(self, template: ChatJob, *, mode: str) -> None:
+        try:
+            await start_dag(
+                self._redis,
+                keys=self._keys,
+                settings=self._settings,
+                policy=self._policy,
+                template=template,
+                mode=mode,
+                team=await self._team(mode),
+            )
+        except (NotEnoughModels, UnknownMode) as exc:
+            raise InvalidRequest(str(exc), param="orchestration_mode") from None
 
     async def _next(self, submission: Submission) -> Event:
         try:
@@ -146,19 +193,23 @@ class ChatService:
     async def close(self, submission: Submission) -> None:
         """Stop following a submission; cancel its job unless it finished."""
         if not submission.finished:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    withdraw(
-                        self._redis,
-                        keys=self._keys,
-                        model=submission.model,
-                        request_id=submission.request_id,
-                        marker_ttl_s=int(self._settings.request_timeout_s) + 60,
-                    )
+            ttl_s = int(self._settings.request_timeout_s) + 60
+            cancel = (
+                withdraw_dag(self._redis, keys=self._keys, request_id=submission.request_id, marker_ttl_s=ttl_s)
+                if submission.dag
+                else withdraw(
+                    self._redis,
+                    keys=self._keys,
+                    model=submission.model,
+                    request_id=submission.request_id,
+                    marker_ttl_s=ttl_s,
                 )
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(cancel)
         await submission._exit.aclose()
 
-    async def events(self, submission: Submission) -> AsyncIterator[Token | Finished | Progress]:
+    async def events(self, submission: Submission) -> AsyncIterator[Token | Finished | Progress | Summary]:
         """Content events up to and including Finished; errors raise typed service errors."""
         while True:
             event = await self._next(submission)
@@ -168,7 +219,6 @@ class ChatService:
                 continue
             if isinstance(event, Summary):
                 submission.summary = event
-                continue
             if isinstance(event, Progress) and event.state == "finished":
                 submission.steps_prompt_tokens += event.prompt_tokens
                 submission.steps_completion_tokens += event.completion_tokens

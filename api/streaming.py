@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from worker.protocol import Finished, Progress, Token
+from worker.protocol import Finished, Progress, Summary, Token
 
 DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -28,8 +28,14 @@ def comment(text: str) -> bytes:
 
 class ChunkWriter:
     def __init__(self, *, request_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
         self._include_usage = include_usage
+        self._base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.set_model(model)
+
+    def set_model(self, model: str) -> None:
+        """Name the model that writes the answer (an orchestrated answer's is known late)."""
+        self._base["model"] = model
+        include_usage = self._include_usage
         head = dict(self._base)
         head_json = _encode(head)[:-1]  # drop the closing brace to append choices
         self._content_prefix = b"data: " + head_json + b',"choices":[{"index":0,"delta":{"content":'
@@ -74,7 +80,7 @@ class ChunkWriter:
 
 
 async def relay(
-    events: AsyncIterator[Token | Finished | Progress],
+    events: AsyncIterator[Token | Finished | Progress | Summary],
     writer: ChunkWriter,
     *,
     include_usage: bool,
@@ -85,15 +91,26 @@ async def relay(
     `extras` gives, once the answer finished, the total token counts over every step and
     the fields (the orchestration summary) that go on the final chunk.
     """
-    yield writer.role()
+    started = False
     async for event in events:
+        if isinstance(event, Progress):
+            yield comment(f"step {event.step} {event.state} on {event.model}")
+            continue
+        if isinstance(event, Summary):
+            if event.answer_model:
+                writer.set_model(event.answer_model)
+            continue
+        if not started:
+            # The role chunk waits for the answer, so that it names the model that writes it.
+            started = True
+            yield writer.role()
         if isinstance(event, Token):
             yield writer.content(event.text)
-        elif isinstance(event, Progress):
-            yield comment(f"step {event.step} {event.state} on {event.model}")
         else:
             prompt_tokens, completion_tokens, fields = extras(event)
             yield writer.finish("stop" if event.reason == "cancelled" else event.reason, extra=fields)
             if include_usage:
                 yield writer.usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    if not started:
+        yield writer.role()
     yield DONE

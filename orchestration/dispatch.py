@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 
+import msgspec
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
@@ -77,17 +78,19 @@ async def carry_out(
     channel = plan.template.channel
     if isinstance(decision, Conclude):
         finished = Finished(reason="stop", model=decision.model, prompt_tokens=0, completion_tokens=0)
+        summary = msgspec.structs.replace(decision.summary, answer_model=decision.model)
         await store.end(
             "done",
             final=FinalAnswer(text=decision.text, model=decision.model, reason="stop"),
-            summary=decision.summary,
+            summary=summary,
             channel=channel,
-            events=(decision.summary, Token(decision.text), finished),
+            events=(summary, Token(decision.text), finished),
         )
         return
     if decision.summary is not None:
+        answer_model = next((order.model for order in decision.steps if order.final), None)
         # Before the final step is queued: the client must have it before the answer's first token.
-        await store.publish_summary(channel, decision.summary)
+        await store.publish_summary(channel, msgspec.structs.replace(decision.summary, answer_model=answer_model))
     jobs = [step_job(plan, order) for order in decision.steps]
     await store.note_jobs((job.step or "", job.model) for job in jobs)
     for job in jobs:

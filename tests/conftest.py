@@ -86,7 +86,11 @@ def start_front(service_env: dict[str, str], tmp_path: Path) -> Iterator[StartFr
 
     def start(**env: str) -> str:
         port = free_port()
-        proc = spawn(["-m", "api"], env={**service_env, "INFERENCE_PORT": str(port), **env}, log=tmp_path / f"front-{len(procs)}.log")
+        proc = spawn(
+            ["-m", "api"],
+            env={**service_env, "INFERENCE_PORT": str(port), **env},
+            log=tmp_path / f"front-{len(procs)}.log",
+        )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         wait_for_http(url, proc=proc)

@@ -11,6 +11,7 @@ from arq import func
 from arq.connections import RedisSettings
 from redis.asyncio import ConnectionPool
 
+from orchestration.steps import abandon_step, complete_step, recorded_result
 from presets.settings import Settings
 from worker.engine import Engine, LlamaEngine
 from worker.keys import Keys
@@ -103,10 +104,14 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 async def chat(ctx: dict[str, Any], payload: bytes) -> None:
     runtime: WorkerRuntime = ctx["runtime"]
     job = decode_job(payload)
-    result = await runtime.run(job)
-    if job.dag_id is not None and result is not None:
-        from orchestration.steps import complete_step
-
+    if job.dag_id is None:
+        await runtime.run(job)
+        return
+    # arq re-runs the job of a worker that died: a step that finished once is not generated again.
+    result = await recorded_result(ctx, job=job) or await runtime.run(job)
+    if result is None:
+        await abandon_step(ctx, job=job)
+    else:
         await complete_step(ctx, job=job, result=result)
 
 

@@ -23,7 +23,9 @@ class PromptTooLong(ValueError):
         asked = f"{prompt_tokens} tokens in the messages"
         if max_tokens:
             asked += f" plus {max_tokens} requested for the completion"
-        super().__init__(f"This model's maximum context length is {context_length} tokens; the request asked for {asked}.")
+        super().__init__(
+            f"This model's maximum context length is {context_length} tokens; the request asked for {asked}."
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,9 +54,7 @@ class Engine(Protocol):
         """Tokenize the chat prompt; raise PromptTooLong when it cannot fit."""
         ...
 
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit
-    ) -> Outcome: ...
+    def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome: ...
 
     def close(self) -> None: ...
 
@@ -106,9 +106,7 @@ class LlamaEngine:
         check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
         return Prompt(tokens=tokens, stop=[s for s in stop if s])
 
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit
-    ) -> Outcome:
+    def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
         llm = self._llm
         budget = self.context_length - len(prompt.tokens)
         limit = min(params.max_tokens, budget) if params.max_tokens else budget

@@ -113,7 +113,7 @@ class Fleet:
                             self.unload(command.model)
                 await self._reap()
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def stop(self) -> None:
         self._wanted.clear()

@@ -15,14 +15,17 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
+from redis.asyncio import ConnectionPool
 from redis.asyncio.client import PubSub
 
 logger = logging.getLogger(__name__)
 
 
 class WakeablePool(ArqRedis):
-    def __init__(self, *args: Any, queue_name: str, wake_channel: str, idle_wait_s: float, **kwargs: Any) -> None:
-        super().__init__(*args, default_queue_name=queue_name, **kwargs)
+    def __init__(
+        self, pool: ConnectionPool, *, queue_name: str, wake_channel: str, idle_wait_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(pool, default_queue_name=queue_name, **kwargs)
         self._queue_name = queue_name
         self._wake_channel = wake_channel
         self._idle_wait_s = idle_wait_s
@@ -42,7 +45,7 @@ class WakeablePool(ArqRedis):
                 await self._listener
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def wake(self) -> None:
         """Make the next (or the current) idle wait return at once."""

@@ -90,6 +90,8 @@ class Summary(msgspec.Struct, frozen=True, tag="summary", kw_only=True):
     rounds: int
     confidence: float
     low_confidence: bool | None = None
+    # The model whose text is the answer (streamed chunks name it as their `model`).
+    answer_model: str | None = None
 
 
 Event = Accepted | Token | Finished | Failed | Progress | Summary
@@ -113,7 +115,8 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    return _event_decoder.decode(data)
+    event: Event = _event_decoder.decode(data)
+    return event
 
 
 def arq_serialize(obj: object) -> bytes:

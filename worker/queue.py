@@ -10,7 +10,7 @@ ones: that is the ageing rule that keeps low priority from waiting forever.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
@@ -44,7 +44,7 @@ async def enqueue_chat(
         encode_job(job),
         _job_id=keys.job_id(job.job_key),
         _queue_name=keys.queue(job.model),
-        _defer_until=datetime.fromtimestamp(score / 1000, tz=timezone.utc),
+        _defer_until=datetime.fromtimestamp(score / 1000, tz=UTC),
         _expires=max(expires_s, 1.0),
     )
     if queued is None:

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from worker.engine import Engine, Outcome, PromptTooLong
+from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
 from worker.presence import Presence
-from worker.fleet_protocol import UNLOAD
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class WorkerRuntime:
                 await self._cancel_task
         if self._cancel_pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._cancel_pubsub.aclose()
+                await self._cancel_pubsub.aclose()  # type: ignore[no-untyped-call]
         self._threads.shutdown(wait=True, cancel_futures=True)
         for engine in self._all_engines:
             engine.close()
@@ -138,7 +138,7 @@ class WorkerRuntime:
     async def _mark_running(self, job: ChatJob, *, running: bool) -> None:
         key = self._keys.running(self.model_id)
         if running:
-            await self._redis.hset(key, job.job_key, self.worker_id)
+            await self._redis.hset(key, job.job_key, self.worker_id)  # type: ignore[misc]
         else:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(key, job.job_key)

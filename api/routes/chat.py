@@ -48,5 +48,9 @@ async def chat_completions(
         finally:
             await svc.chat.close(submission)
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Queue-Position": str(submission.queue_position)}
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Queue-Position": str(submission.queue_position),
+    }
     return StreamingResponse(body_stream(), media_type="text/event-stream", headers=headers)

@@ -56,7 +56,9 @@ def ask(url: str, model: str, *, max_tokens: int = 3, **extra: object) -> httpx.
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
 
-def test_fleet_serves_the_preset_and_readiness_reports_progress(start_fleet: StartFleet, start_front: StartFront) -> None:
+def test_fleet_serves_the_preset_and_readiness_reports_progress(
+    start_fleet: StartFleet, start_front: StartFront
+) -> None:
     url = start_front()
     first = httpx.get(f"{url}/health/ready")
     assert first.status_code == 503

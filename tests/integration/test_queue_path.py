@@ -90,17 +90,23 @@ def test_invalid_bodies_are_openai_400s(start_front: StartFront, body: dict[str,
 
 
 def test_malformed_json_is_a_400(start_front: StartFront) -> None:
-    response = httpx.post(f"{start_front()}/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{start_front()}/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_unknown_model_is_404_and_known_model_without_worker_is_503(start_front: StartFront) -> None:
     url = start_front()
-    missing = httpx.post(f"{url}/v1/chat/completions", json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})
+    missing = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
-    idle = httpx.post(f"{url}/v1/chat/completions", json={"model": "gemma3-270m", "messages": [{"role": "user", "content": "x"}]})
+    idle = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "gemma3-270m", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert idle.status_code == 503
     assert int(idle.headers["retry-after"]) > 0
     assert idle.json()["error"]["param"] == "model"

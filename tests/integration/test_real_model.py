@@ -135,7 +135,9 @@ def test_eight_concurrent_streams_get_the_answers_they_would_get_alone(
     assert answers == expected
 
 
-def test_gemma_worker_answers_with_real_usage(start_worker: StartWorker, start_front: StartFront, models_dir: Path) -> None:
+def test_gemma_worker_answers_with_real_usage(
+    start_worker: StartWorker, start_front: StartFront, models_dir: Path
+) -> None:
     start_worker("gemma3-270m")
     client = openai.OpenAI(base_url=start_front() + "/v1", api_key="unused")
     answer = client.chat.completions.create(

@@ -59,7 +59,9 @@ async def test_enqueue_orders_queue_and_withdraw_removes(fake_pool: ArqRedis) ->
     policy = QueuePolicy()
     now = int(time.time() * 1000)
     for n, priority in enumerate([1, 2, 3, 2]):
-        await enqueue_chat(fake_pool, keys=keys, job=job(f"r{n}", priority), policy=policy, now_ms=now + n, expires_s=60)
+        await enqueue_chat(
+            fake_pool, keys=keys, job=job(f"r{n}", priority), policy=policy, now_ms=now + n, expires_s=60
+        )
     order = [m.decode() for m in await fake_pool.zrange(keys.queue("m"), 0, -1)]
     assert order == ["x:r2", "x:r1", "x:r3", "x:r0"]
     assert await queue_position(fake_pool, keys=keys, model="m", request_id="r3") == 2
