@@ -22,7 +22,6 @@ from worker.protocol import ChatJob, Message, SamplingParams, Summary
 from worker.queue import QueuePolicy
 
 # A judge's format line must not be cut off by a small client max_tokens.
-JUDGE_MIN_TOKENS = 512
 # Judges should grade the same text the same way.
 JUDGE_TEMPERATURE = 0.2
 
@@ -35,6 +34,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     debate_max_rounds: int
     debate_agreement_threshold: float
     ensemble_min_agreement: float
+    judge_max_tokens: int = 512
+    step_max_tokens: int = 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -44,6 +45,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
             debate_max_rounds=max(settings.debate_max_rounds, 1),
             debate_agreement_threshold=settings.debate_agreement_threshold,
             ensemble_min_agreement=settings.ensemble_min_agreement,
+            judge_max_tokens=settings.judge_max_tokens,
+            step_max_tokens=settings.step_max_tokens,
         )
 
 
@@ -67,13 +70,17 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
         return self.template.messages
 
     def answer_params(self) -> SamplingParams:
-        return self.template.params
+        # A request without max_tokens could otherwise run every step to the end of the context.
+        if self.template.params.max_tokens is not None:
+            return self.template.params
+        return msgspec.structs.replace(self.template.params, max_tokens=self.limits.step_max_tokens)
 
     def judge_params(self) -> SamplingParams:
         # The client's stop sequences are for its answer; in a critique they could cut the SCORE line.
         asked = self.template.params.max_tokens
         return SamplingParams(
-            max_tokens=None if asked is None else max(asked, JUDGE_MIN_TOKENS),
+            # At least the judge budget, so a short client max_tokens cannot cut the score line.
+            max_tokens=max(asked or 0, self.limits.judge_max_tokens),
             temperature=JUDGE_TEMPERATURE,
             top_p=self.template.params.top_p,
             seed=self.template.params.seed,

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     ensemble_synthesis_model: str = "primary"
     pipeline_stages: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["draft", "refine", "validate"])
     dag_ttl_s: int = 3600
+    # Token budgets of orchestration steps: critic and validator replies, and steps of a
+    # request that set no max_tokens.
+    judge_max_tokens: int = 512
+    step_max_tokens: int = 1024
 
     # Request handling
     max_concurrent_requests: int = 10

@@ -55,8 +55,14 @@ def service_env(prefix: str, models_dir: Path) -> dict[str, str]:
     }
 
 
+class Front(str):
+    """A running front's base URL; `.proc` is its process (for tests that kill it)."""
+
+    proc: Proc
+
+
 StartWorker = Callable[..., Proc]
-StartFront = Callable[..., str]
+StartFront = Callable[..., Front]
 
 
 @pytest.fixture
@@ -84,7 +90,7 @@ def start_front(service_env: dict[str, str], tmp_path: Path) -> Iterator[StartFr
     """start_front(**env) runs the HTTP front on a free port and returns its base URL."""
     procs: list[Proc] = []
 
-    def start(**env: str) -> str:
+    def start(**env: str) -> Front:
         port = free_port()
         proc = spawn(
             ["-m", "api"],
@@ -92,7 +98,8 @@ def start_front(service_env: dict[str, str], tmp_path: Path) -> Iterator[StartFr
             log=tmp_path / f"front-{len(procs)}.log",
         )
         procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
+        url = Front(f"http://127.0.0.1:{port}")
+        url.proc = proc
         wait_for_http(url, proc=proc)
         return url
 

@@ -51,6 +51,7 @@ async def chat_completions(
     headers = {
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
+        "X-Request-Id": submission.request_id,
         "X-Queue-Position": str(submission.queue_position),
     }
     return StreamingResponse(body_stream(), media_type="text/event-stream", headers=headers)

@@ -36,7 +36,13 @@ async def test_debate_rounds_show_each_model_the_others_answers(dag: Harness) ->
     assert (reconcile.step, reconcile.model, reconcile.publish_tokens) == ("debate.reconcile", "phi-4", True)
     assert reconcile.params == dag.template.params
     assert await dag.events() == [
-        Summary(mode="debate", models_used=["phi-4", "deepseek-r1-7b", "qwen2.5-7b"], rounds=2, confidence=1.0)
+        Summary(
+            mode="debate",
+            models_used=["phi-4", "deepseek-r1-7b", "qwen2.5-7b"],
+            rounds=2,
+            confidence=1.0,
+            answer_model="phi-4",
+        )
     ]
     await dag.finish(reconcile, "Paris.")
     view = await dag.view()
@@ -79,7 +85,12 @@ async def test_ensemble_agreement_is_confident(dag: Harness) -> None:
         await dag.finish(job, AGREE)
     (summary,) = await dag.events()
     assert summary == Summary(
-        mode="ensemble", models_used=["phi-4", "deepseek-r1-7b"], rounds=1, confidence=1.0, low_confidence=False
+        mode="ensemble",
+        models_used=["phi-4", "deepseek-r1-7b"],
+        rounds=1,
+        confidence=1.0,
+        low_confidence=False,
+        answer_model="phi-4",
     )
 
 

@@ -48,7 +48,7 @@ async def test_critique_revises_until_the_score_is_good_enough(dag: Harness) -> 
     await dag.finish(await dag.take_one(), "None\nSCORE: 9/10")
     assert await dag.queued() == []
     assert await dag.events() == [
-        Summary(mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=2, confidence=0.9),
+        Summary(mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=2, confidence=0.9, answer_model="phi-4"),
         Token("2+2 is 4"),
         Finished(reason="stop", model="phi-4", prompt_tokens=0, completion_tokens=0),
     ]
@@ -61,7 +61,9 @@ async def test_critique_stops_early_on_a_good_first_score(dag: Harness) -> None:
     await dag.finish(await dag.take_one(), "4")
     await dag.finish(await dag.take_one(), "SCORE: 8/10")
     events = await dag.events()
-    assert events[0] == Summary(mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=1, confidence=0.8)
+    assert events[0] == Summary(
+        mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=1, confidence=0.8, answer_model="phi-4"
+    )
     assert events[1] == Token("4")
 
 
@@ -84,7 +86,9 @@ async def test_unreadable_critiques_never_stop_early_and_give_low_confidence(dag
     for text in texts:
         await dag.finish(await dag.take_one(), text)
     summary, token, finished = await dag.events()
-    assert summary == Summary(mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=3, confidence=0.3)
+    assert summary == Summary(
+        mode="critique", models_used=["phi-4", "qwen2.5-7b"], rounds=3, confidence=0.3, answer_model="phi-4"
+    )
     assert token == Token("v3")
     assert isinstance(finished, Finished) and finished.model == "phi-4"
 
@@ -108,7 +112,13 @@ async def test_pipeline_pass_returns_the_refined_text(dag: Harness) -> None:
     await run_pipeline(dag, "Correct and complete.\nVERDICT: PASS")
     assert await dag.queued() == []
     assert await dag.events() == [
-        Summary(mode="pipeline", models_used=["llama-3.2-3b", "qwen2.5-7b", "phi-4"], rounds=3, confidence=0.9),
+        Summary(
+            mode="pipeline",
+            models_used=["llama-3.2-3b", "qwen2.5-7b", "phi-4"],
+            rounds=3,
+            confidence=0.9,
+            answer_model="qwen2.5-7b",
+        ),
         Token("refined text"),
         Finished(reason="stop", model="qwen2.5-7b", prompt_tokens=0, completion_tokens=0),
     ]
@@ -123,7 +133,13 @@ async def test_pipeline_fail_refines_once_more_and_streams_that(dag: Harness) ->
     assert fix.params == dag.template.params
     # The summary goes out before the streamed answer's first token.
     assert await dag.events() == [
-        Summary(mode="pipeline", models_used=["llama-3.2-3b", "qwen2.5-7b", "phi-4"], rounds=4, confidence=0.5)
+        Summary(
+            mode="pipeline",
+            models_used=["llama-3.2-3b", "qwen2.5-7b", "phi-4"],
+            rounds=4,
+            confidence=0.5,
+            answer_model="qwen2.5-7b",
+        )
     ]
     await dag.finish(fix, "fixed text")
     assert await dag.events() == []
@@ -148,7 +164,9 @@ async def test_two_stage_pipeline_without_validation_streams_the_refinement(dag:
     refine = await dag.take_one()
     assert (refine.step, refine.publish_tokens) == ("pipeline.refine", True)
     (summary,) = await dag.events()
-    assert summary == Summary(mode="pipeline", models_used=["llama-3.2-3b", "qwen2.5-7b"], rounds=2, confidence=0.6)
+    assert summary == Summary(
+        mode="pipeline", models_used=["llama-3.2-3b", "qwen2.5-7b"], rounds=2, confidence=0.6, answer_model="qwen2.5-7b"
+    )
     await dag.finish(refine, "final")
     view: DagView = await dag.view()
     assert view.status == "done" and view.final is not None and view.final.text == "final"
