@@ -11,18 +11,21 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from redis.asyncio import ConnectionPool
 
+from api.admission import Admission
 from api.catalog import Catalog
 from api.dependencies import Services
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.fleet import FleetService
 from api.model_cards import ModelCards
-from api.routes import chat, health, models
+from api.queue_view import QueueView
+from api.routes import chat, health, models, queue
 from api.service import ChatService
 from presets.errors import PresetsError
 from presets.registry import registry_from_settings
 from presets.settings import Settings, load_settings
 from presets.validation import validate_active
+from worker.keys import Keys
 from worker.protocol import arq_deserialize, arq_serialize
 
 
@@ -44,13 +47,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = EventHub(redis)
         await hub.start()
         catalog = Catalog(settings=settings, redis=redis, registry=registry, active=active)
+        admission = Admission(
+            redis,
+            keys=Keys(prefix=settings.key_prefix),
+            limit=settings.max_concurrent_requests,
+            reject_when_full=settings.reject_when_full,
+        )
         fleet = FleetService(catalog=catalog, redis=redis)
         app.state.services = Services(
             settings=settings,
             catalog=catalog,
-            chat=ChatService(settings=settings, redis=redis, hub=hub, catalog=catalog),
+            chat=ChatService(settings=settings, redis=redis, hub=hub, catalog=catalog, admission=admission),
             fleet=fleet,
             models=ModelCards(catalog=catalog, fleet=fleet),
+            queue=QueueView(redis=redis, catalog=catalog, admission=admission),
         )
         try:
             yield
@@ -63,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(queue.router)
     return app
 
 

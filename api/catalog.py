@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from api.auto_route import AutoRouter
 from api.errors import ModelNotFound, ModelUnavailable
 from presets.active import ActiveConfig
 from presets.errors import ModelNotLoadedError, UnknownModelError
@@ -52,6 +53,13 @@ class Catalog:
         self.active = active
         self._redis = redis
         self._keys = Keys(prefix=settings.key_prefix)
+        self._auto = (
+            AutoRouter(
+                redis, keys=self._keys, strategy=settings.auto_route_strategy, fallback=settings.auto_route_fallback
+            )
+            if settings.auto_route_enabled
+            else None
+        )
 
     def roles(self) -> Mapping[str, tuple[str, ...]]:
         """The active preset's roles, and the registry's for models loaded beyond it."""
@@ -88,6 +96,8 @@ class Catalog:
             view = await self.view()
             served = view.served()
             try:
+                if self._auto is not None:
+                    return await self._auto_route(requested, task_type=task_type, view=view)
                 return resolve_model(
                     requested,
                     task_type=task_type,
@@ -102,6 +112,16 @@ class Catalog:
                 if not waiting or (deadline is not None and time.monotonic() >= deadline):
                     raise ModelUnavailable(_unavailable_message(exc.model_id, self.registry)) from None
             await asyncio.sleep(_LOADING_POLL_S)
+
+    async def _auto_route(self, requested: str, *, task_type: str | None, view: FleetView) -> str:
+        assert self._auto is not None
+        roles = self.roles()
+        served = [m for m in self.active.models if m in view.served()]
+        served += [m for m in view.served() if m not in served]
+        role, candidates = self._auto.candidates(
+            requested, task_type=task_type, served=served, roles=roles, known=self.registry.model_ids()
+        )
+        return await self._auto.pick(role, candidates, roles=roles, workers=view.workers)
 
 
 def _unavailable_message(name: str, registry: Registry) -> str:

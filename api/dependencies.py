@@ -9,6 +9,7 @@ from fastapi import Request
 from api.catalog import Catalog
 from api.fleet import FleetService
 from api.model_cards import ModelCards
+from api.queue_view import QueueView
 from api.service import ChatService
 from presets.settings import Settings
 
@@ -20,6 +21,7 @@ class Services:
     chat: ChatService
     fleet: FleetService
     models: ModelCards
+    queue: QueueView
 
 
 def services(request: Request) -> Services:

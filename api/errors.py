@@ -78,6 +78,14 @@ class RequestTimeout(ServiceError):
     code = "timeout"
 
 
+class ClientClosedRequest(ServiceError):
+    """Answered to nobody: the client left, and its job was cancelled."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class GenerationFailed(ServiceError):
     status = 500
     type = "server_error"

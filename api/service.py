@@ -1,4 +1,4 @@
-"""Chat completions: pick the model, queue the job, and follow its events to an answer."""
+"""Chat completions: admit, route, queue the job (or DAG), and follow its events to an answer."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
 
+from api.admission import Admission
 from api.catalog import Catalog
-from api.errors import GenerationFailed, InvalidRequest, RequestTimeout, error_for
+from api.errors import ClientClosedRequest, GenerationFailed, InvalidRequest, RequestTimeout, error_for
 from api.events import EventHub
 from api.protocol import (
     ChatCompletion,
@@ -42,6 +43,20 @@ from worker.protocol import (
 )
 from worker.queue import QueuePolicy, enqueue_chat, queue_position, withdraw
 
+T = TypeVar("T")
+_QUEUE_UPDATE_S = 1.0
+_DISCONNECT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request is still waiting for a worker; `position` jobs are ahead of it."""
+
+    position: int
+
+
+StreamEvent = Token | Finished | Progress | Summary | Queued
+
 
 @dataclass(kw_only=True)
 class Submission:
@@ -52,7 +67,7 @@ class Submission:
     created: int
     deadline: float
     inbox: asyncio.Queue[Event]
-    queue_position: int
+    queue_position: int = 0
     dag: bool = False
     accepted: Accepted | None = None
     finished: bool = False
@@ -60,21 +75,32 @@ class Submission:
     # Token counts of orchestration steps before the one that writes the answer.
     steps_prompt_tokens: int = 0
     steps_completion_tokens: int = 0
-    _exit: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    # Events that arrived while waiting for acceptance, handed out first by events().
+    pending: list[Event] = field(default_factory=list)
+    resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
-    async def next_event(self) -> Event:
+    async def next_event(self, *, wait_s: float | None = None) -> Event | None:
+        """The next event; None when `wait_s` passed first; TimeoutError at the deadline."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        return await asyncio.wait_for(self.inbox.get(), remaining)
+        try:
+            return await asyncio.wait_for(self.inbox.get(), min(remaining, wait_s or remaining))
+        except TimeoutError:
+            if wait_s is not None and time.monotonic() < self.deadline:
+                return None
+            raise
 
 
 class ChatService:
-    def __init__(self, *, settings: Settings, redis: ArqRedis, hub: EventHub, catalog: Catalog) -> None:
+    def __init__(
+        self, *, settings: Settings, redis: ArqRedis, hub: EventHub, catalog: Catalog, admission: Admission
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._hub = hub
         self._catalog = catalog
+        self._admission = admission
         self._keys = Keys(prefix=settings.key_prefix)
         self._policy = QueuePolicy(
             strategy=settings.queue_strategy if settings.priority_enabled else "fifo",
@@ -115,10 +141,17 @@ class ChatService:
             assignments=dict(active.steps) if active.mode == mode else {},
         )
 
-    async def submit(self, request: ChatCompletionRequest) -> Submission:
-        """Queue the request and wait until a worker accepted it (or refused it with an error)."""
+    async def submit(self, request: ChatCompletionRequest, *, accept_wait_s: float | None = None) -> Submission:
+        """Admit and queue the request, then wait until a worker accepted it.
+
+        Errors a worker reports before accepting (a prompt too long for the model) raise here,
+        so they become proper HTTP statuses. With `accept_wait_s` the wait ends early for a
+        request still queued behind others; its stream then shows its queue position.
+        """
         timeout_s = self._settings.request_timeout_s
         started = time.monotonic()
+        now = time.time()
+        deadline_ms = int((now + timeout_s) * 1000)
         mode = request.orchestration_mode or self._catalog.active.mode
         orchestrated = mode != "single"
         if orchestrated:
@@ -128,19 +161,23 @@ class ChatService:
         else:
             model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        now = time.time()
-        job = self._job_for(request, request_id=request_id, model=model, deadline_ms=int((now + timeout_s) * 1000))
-        exit_stack = contextlib.AsyncExitStack()
-        inbox = await exit_stack.enter_async_context(self._hub.subscription(job.channel))
+        job = self._job_for(request, request_id=request_id, model=model, deadline_ms=deadline_ms)
+        resources = contextlib.AsyncExitStack()
+        try:
+            await self._admission.acquire(request_id, deadline=started + timeout_s, deadline_ms=deadline_ms)
+            resources.push_async_callback(self._admission.release, request_id)
+            inbox = await resources.enter_async_context(self._hub.subscription(job.channel))
+        except BaseException:
+            await resources.aclose()
+            raise
         submission = Submission(
             request_id=request_id,
             model=model,
             created=int(now),
             deadline=started + timeout_s,
             inbox=inbox,
-            queue_position=0,
             dag=orchestrated,
-            _exit=exit_stack,
+            resources=resources,
         )
         try:
             if orchestrated:
@@ -154,19 +191,41 @@ class ChatService:
                     now_ms=int(now * 1000),
                     expires_s=timeout_s,
                 )
-                submission.queue_position = (
-                    await queue_position(self._redis, keys=self._keys, model=model, request_id=request_id) or 0
-                )
-            while submission.accepted is None:
-                event = await self._next(submission)
-                if isinstance(event, Accepted):
-                    submission.accepted = event
-                elif isinstance(event, Failed):
-                    raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
+                submission.queue_position = await self._position(submission)
+            await self._await_acceptance(submission, wait_s=accept_wait_s)
         except BaseException:
             await self.close(submission)
             raise
         return submission
+
+    async def _position(self, submission: Submission) -> int:
+        if submission.dag:
+            return 0
+        found = await queue_position(
+            self._redis, keys=self._keys, model=submission.model, request_id=submission.request_id
+        )
+        return found or 0
+
+    async def _await_acceptance(self, submission: Submission, *, wait_s: float | None) -> None:
+        give_up = None if wait_s is None else time.monotonic() + wait_s
+        while submission.accepted is None:
+            left = None if give_up is None else give_up - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            event = await self._next(submission, wait_s=left)
+            if event is None:
+                return
+            self._take_early(submission, event)
+
+    def _take_early(self, submission: Submission, event: Event) -> None:
+        if isinstance(event, Failed):
+            raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
+        if isinstance(event, Accepted):
+            submission.accepted = event
+        else:
+            # Anything else also means a worker took the job; keep it for events().
+            submission.pending.append(event)
+            submission.accepted = Accepted(model=submission.model, worker_id="", prompt_tokens=0)
 
     async def _start_dag(self, template: ChatJob, *, mode: str) -> None:
         try:
@@ -182,16 +241,16 @@ class ChatService:
         except (NotEnoughModels, UnknownMode) as exc:
             raise InvalidRequest(str(exc), param="orchestration_mode") from None
 
-    async def _next(self, submission: Submission) -> Event:
+    async def _next(self, submission: Submission, *, wait_s: float | None = None) -> Event | None:
         try:
-            return await submission.next_event()
+            return await submission.next_event(wait_s=wait_s)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request did not finish within {self._settings.request_timeout_s:g} seconds."
             ) from None
 
     async def close(self, submission: Submission) -> None:
-        """Stop following a submission; cancel its job unless it finished."""
+        """Stop following a submission; cancel its job unless it finished; free its slot."""
         if not submission.finished:
             ttl_s = int(self._settings.request_timeout_s) + 60
             cancel = (
@@ -207,15 +266,26 @@ class ChatService:
             )
             with contextlib.suppress(Exception):
                 await asyncio.shield(cancel)
-        await submission._exit.aclose()
+        await asyncio.shield(submission.resources.aclose())
 
-    async def events(self, submission: Submission) -> AsyncIterator[Token | Finished | Progress | Summary]:
-        """Content events up to and including Finished; errors raise typed service errors."""
+    async def events(self, submission: Submission) -> AsyncIterator[StreamEvent]:
+        """Content events up to and including Finished; errors raise typed service errors.
+
+        While no worker has accepted the request yet, a Queued update comes every second.
+        """
         while True:
-            event = await self._next(submission)
+            waiting = submission.accepted is None
+            if submission.pending:
+                event: Event | None = submission.pending.pop(0)
+            else:
+                event = await self._next(submission, wait_s=_QUEUE_UPDATE_S if waiting else None)
+            if event is None:
+                yield Queued(await self._position(submission))
+                continue
             if isinstance(event, Failed):
                 raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
             if isinstance(event, Accepted):
+                submission.accepted = event
                 continue
             if isinstance(event, Summary):
                 submission.summary = event
@@ -252,6 +322,24 @@ class ChatService:
             ),
             orchestration=orchestration_info(submission.summary),
         )
+
+
+async def until_disconnected(work: Awaitable[T], is_disconnected: Callable[[], Awaitable[bool]]) -> T:
+    """Run `work`, cancelling it when the client goes away (its cleanup then withdraws the job)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ClientClosedRequest("The client closed the connection; the request was cancelled.")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def stream_extras(submission: Submission, finish: Finished) -> tuple[int, int, dict[str, Any] | None]:

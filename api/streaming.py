@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from api.service import Queued, StreamEvent
 from worker.protocol import Finished, Progress, Summary, Token
 
 DONE = b"data: [DONE]\n\n"
@@ -80,7 +81,7 @@ class ChunkWriter:
 
 
 async def relay(
-    events: AsyncIterator[Token | Finished | Progress | Summary],
+    events: AsyncIterator[StreamEvent],
     writer: ChunkWriter,
     *,
     include_usage: bool,
@@ -95,6 +96,9 @@ async def relay(
     async for event in events:
         if isinstance(event, Progress):
             yield comment(f"step {event.step} {event.state} on {event.model}")
+            continue
+        if isinstance(event, Queued):
+            yield comment(f"queue position {event.position}")
             continue
         if isinstance(event, Summary):
             if event.answer_model:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = 10
     request_timeout_s: float = Field(default=120.0, validation_alias=_env("REQUEST_TIMEOUT"))
     max_concurrent_per_model: int = 1
+    # A stream waits this long for a worker to accept its job before it opens (so errors
+    # found on acceptance are HTTP statuses); a request queued longer streams its position.
+    stream_accept_wait_s: float = 0.5
 
     # Queue behaviour
     queue_strategy: Literal["fifo", "priority"] = "priority"

@@ -50,7 +50,7 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
     """One engine per concurrent job this worker may run (llama contexts are not shared)."""
     copies = max(settings.max_concurrent_per_model, 1)
     if settings.backend == "null":
-        return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000)]
+        return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000) for _ in range(copies)]
     if settings.backend == "vllm":
         from worker.vllm_engine import VllmEngine
 

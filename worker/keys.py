@@ -83,3 +83,12 @@ class Keys:
     def last_used(self) -> str:
         """Sorted set model -> when its last job finished (ms): least recently used for eviction."""
         return f"{self.prefix}:lastused"
+
+    @property
+    def admitted(self) -> str:
+        """Sorted set of admitted request ids (queued or running), scored by their deadline ms."""
+        return f"{self.prefix}:admitted"
+
+    def round_robin(self, role: str) -> str:
+        """Counter that rotates requests for a role among the models that have it."""
+        return f"{self.prefix}:rr:{role}"

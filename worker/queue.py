@@ -53,9 +53,22 @@ async def enqueue_chat(
 
 
 async def queue_position(redis: ArqRedis, *, keys: Keys, model: str, request_id: str) -> int | None:
-    """Jobs ahead of this one in its model's queue (running ones included), or None once gone."""
-    rank = await redis.zrank(keys.queue(model), keys.job_id(request_id))
-    return None if rank is None else int(rank)
+    """Jobs ahead of this one: those running now, and those queued before it; None once gone.
+
+    Running jobs stay in arq's sorted set until they end, at whatever score they had, so
+    they are counted from the running hash rather than by rank.
+    """
+    job_id = keys.job_id(request_id)
+    rank = await redis.zrank(keys.queue(model), job_id)
+    if rank is None:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.queue(model), 0, rank)
+        pipe.hkeys(keys.running(model))
+        before, running_keys = await pipe.execute()
+    running = {keys.job_id(key.decode()) for key in running_keys}
+    waiting_ahead = [m for m in before if m.decode() not in running and m.decode() != job_id]
+    return len(waiting_ahead) + len(running - {job_id})
 
 
 async def withdraw(redis: ArqRedis, *, keys: Keys, model: str, request_id: str, marker_ttl_s: int) -> bool:

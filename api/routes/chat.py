@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.dependencies import Services, services
 from api.errors import ServiceError
 from api.protocol import ChatCompletionRequest
-from api.service import stream_extras
+from api.service import stream_extras, until_disconnected
 from api.streaming import DONE, ChunkWriter, relay
 
 router = APIRouter()
@@ -20,12 +20,12 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, svc: Annotated[Services, Depends(services)]
+    body: ChatCompletionRequest, request: Request, svc: Annotated[Services, Depends(services)]
 ) -> JSONResponse | StreamingResponse:
     if not body.stream:
-        completion = await svc.chat.complete(body)
-        return JSONResponse(completion.model_dump(exclude_none=True))
-    submission = await svc.chat.submit(body)
+        completion = await until_disconnected(svc.chat.complete(body), request.is_disconnected)
+        return JSONResponse(completion.model_dump(exclude_none=True), headers={"X-Request-Id": completion.id})
+    submission = await svc.chat.submit(body, accept_wait_s=svc.settings.stream_accept_wait_s)
     writer = ChunkWriter(
         request_id=submission.request_id,
         created=submission.created,

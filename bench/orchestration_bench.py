@@ -1,0 +1,136 @@
+"""Comparison 5: a debate's first round, both models at once on their own workers, against the slower one alone.
+
+The front reports each DAG step as an SSE comment (`: step debate.r1.m0 started on
+<model>`); the round's wall time is its first `started` to its last `finished`, as the
+client sees them. The stream is closed once round 1 is over: that cancels the DAG, so
+later rounds do not hold the workers into the next measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import redis
+
+from bench import loadgen
+from bench.config import BenchConfig
+from bench.procs import clean_prefix, start_front, start_worker
+from bench.prompts import DEBATE_PROMPT, chat_body
+from worker.keys import Keys
+
+_STEP = re.compile(r"^: step (debate\.r1\.m\d+) (started|finished) on (\S+)")
+
+
+@dataclass(kw_only=True)
+class DebateRound:
+    started: dict[str, float] = field(default_factory=dict)
+    finished: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def wall_ms(self) -> float:
+        return (max(self.finished.values()) - min(self.started.values())) * 1000
+
+    def step_ms(self, model: str) -> float:
+        step = next(name for name, m in self.models.items() if m == model)
+        return (self.finished[step] - self.started[step]) * 1000
+
+
+@dataclass(kw_only=True)
+class OrchestrationResults:
+    solo_ms: dict[str, list[float]]
+    rounds: list[DebateRound]
+
+    @property
+    def slower(self) -> str:
+        return max(self.solo_ms, key=lambda m: statistics.median(self.solo_ms[m]))
+
+    @property
+    def round_ms(self) -> float:
+        return statistics.median(r.wall_ms for r in self.rounds)
+
+    @property
+    def ratio(self) -> float:
+        return self.round_ms / statistics.median(self.solo_ms[self.slower])
+
+
+async def _debate_round(http: httpx.AsyncClient, url: str, cfg: BenchConfig) -> DebateRound:
+    body = chat_body("auto", DEBATE_PROMPT, max_tokens=cfg.max_tokens, orchestration_mode="debate")
+    found = DebateRound()
+    participants = len(cfg.debate_models)
+    async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            found.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+            return found
+        async for at, line in loadgen.sse_lines(response):
+            match = _STEP.match(line)
+            if match is None:
+                continue
+            step, state, model = match.groups()
+            found.models[step] = model
+            (found.started if state == "started" else found.finished)[step] = at
+            if len(found.finished) == participants:
+                break
+    if len(found.finished) < participants:
+        found.error = "the stream ended before round 1 finished"
+    return found
+
+
+async def _wait_idle(cfg: BenchConfig, *, timeout_s: float = 60) -> None:
+    """Until no worker runs a step of the cancelled debate (its later rounds stop on the cancel)."""
+    keys = Keys(prefix=cfg.prefix)
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(client.hlen(keys.running(model)) == 0 for model in cfg.debate_models):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        client.close()
+
+
+async def _drive(url: str, cfg: BenchConfig) -> OrchestrationResults:
+    async with loadgen.client() as http:
+        solo: dict[str, list[float]] = {}
+        for model in cfg.debate_models:
+            warm = await loadgen.stream_chat(http, url + "/v1/chat/completions", chat_body(model, "Hi.", max_tokens=8))
+            if warm.error:
+                raise RuntimeError(f"{model}: warm-up failed: {warm.error}")
+            body = chat_body(model, DEBATE_PROMPT, max_tokens=cfg.max_tokens)
+            solo[model] = []
+            for _ in range(cfg.debate_repeats):
+                record = await loadgen.stream_chat(http, url + "/v1/chat/completions", body)
+                if record.error:
+                    raise RuntimeError(f"{model}: {record.error}")
+                solo[model].append(record.latency_ms)
+        rounds = []
+        for _ in range(cfg.debate_repeats):
+            found = await _debate_round(http, url, cfg)
+            if found.error:
+                raise RuntimeError(f"debate: {found.error}")
+            rounds.append(found)
+            await _wait_idle(cfg)
+        return OrchestrationResults(solo_ms=solo, rounds=rounds)
+
+
+def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> OrchestrationResults:
+    service = cfg.service()
+    log(f"debate round 1 over {', '.join(cfg.debate_models)} ...")
+    try:
+        with contextlib.ExitStack() as stack:
+            front, url = start_front(service)
+            stack.callback(front.stop)
+            for model in cfg.debate_models:
+                stack.callback(start_worker(service, model, front_url=url).stop)
+            return asyncio.run(_drive(url, cfg))
+    finally:
+        clean_prefix(cfg.redis_url, cfg.prefix)

@@ -1,0 +1,71 @@
+"""Comparison 4: what the path front -> Redis -> worker -> pub/sub -> SSE costs, with a model that costs nothing.
+
+The worker runs the null engine (INFERENCE_BACKEND=null), which answers at once, so
+every millisecond of latency here is the service's own: HTTP, the queue, the worker's
+job handling, pub/sub and the SSE relay. The null engine called directly is the floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import loadgen
+from bench.config import BenchConfig
+from bench.inprocess import null_engine_direct_ms
+from bench.metrics import RunSummary, Spread, summarize
+from bench.procs import clean_prefix, running, start_front, start_worker
+from bench.prompts import chat_body
+
+# Sixteen words: the null engine echoes them, one word per "token".
+NULL_PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NullLoad:
+    label: str
+    offered_rate: float | None
+    summary: RunSummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueResults:
+    direct: Spread
+    loads: list[NullLoad]
+
+
+async def _drive(url: str, cfg: BenchConfig, log: Callable[[str], None]) -> list[NullLoad]:
+    async with loadgen.client(timeout_s=60) as http:
+
+        def body(_: int) -> dict[str, Any]:
+            return chat_body(cfg.model, NULL_PROMPT, max_tokens=cfg.null_max_tokens)
+
+        send = loadgen.http_sender(http, url + "/v1/chat/completions", body)
+        # Warm-up: connections, the worker's first jobs, the front's first routes.
+        await loadgen.fixed_concurrency(send, requests=20, concurrency=1)
+        loads = []
+        run = await loadgen.fixed_concurrency(send, requests=cfg.null_sequential, concurrency=1)
+        loads.append(NullLoad(label="sequential (idle)", offered_rate=None, summary=summarize(run.records)))
+        for rate in cfg.null_rates:
+            log(f"  Poisson {rate:g} req/s for {cfg.null_seconds:g}s ...")
+            requests = max(int(rate * cfg.null_seconds), 1)
+            run = await loadgen.poisson(send, rate=rate, requests=requests, seed=cfg.seed)
+            loads.append(NullLoad(label=f"Poisson {rate:g}/s", offered_rate=rate, summary=summarize(run.records)))
+        return loads
+
+
+def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> QueueResults:
+    direct = Spread.of(null_engine_direct_ms(calls=2000, max_tokens=cfg.null_max_tokens, content=NULL_PROMPT))
+    service = cfg.service()
+    log("null worker: sequential, then Poisson ...")
+    front, url = start_front(service)
+    try:
+        with running(front):
+            worker = start_worker(service, cfg.model, front_url=url, INFERENCE_BACKEND="null")
+            with running(worker):
+                loads = asyncio.run(_drive(url, cfg, log))
+    finally:
+        clean_prefix(cfg.redis_url, cfg.prefix)
+    return QueueResults(direct=direct, loads=loads)

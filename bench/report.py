@@ -1,0 +1,326 @@
+"""The printed tables and docs/benchmarks.md: the goals first, then each comparison's detail."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+
+from bench.config import BenchConfig
+from bench.llm_compare import LlmResults, SystemRuns
+from bench.metrics import RunSummary, markdown_table, ratio
+from bench.orchestration_bench import OrchestrationResults
+from bench.procs import ROOT
+from bench.queue_overhead import QueueResults
+
+TTFT_OVERHEAD_GOAL_MS = 10.0
+TPOT_RATIO_GOAL = 1.05
+
+
+@dataclass(kw_only=True)
+class Results:
+    llm: LlmResults | None = None
+    queue: QueueResults | None = None
+    orchestration: OrchestrationResults | None = None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if "model name" in line), ""
+    )
+    mem_kib = next(
+        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0
+    )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "CPU": cpu or platform.processor() or "unknown",
+        "RAM": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "Python": platform.python_version(),
+        "llama-cpp-python": version("llama_cpp_python"),
+        "commit": commit.strip() + (" (with uncommitted changes)" if dirty.strip() else ""),
+    }
+
+
+def load_average() -> str:
+    return " ".join(_read("/proc/loadavg").split()[:3])
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def _status(ok: bool | None) -> str:
+    return "–" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _runs(llm: LlmResults, key: str) -> SystemRuns | None:
+    found = llm.systems.get(key)
+    return None if found is None or found.skipped else found
+
+
+def _seq(llm: LlmResults, key: str) -> RunSummary | None:
+    found = _runs(llm, key)
+    return found.sequential if found else None
+
+
+def _scaling(runs: SystemRuns | None) -> float:
+    if runs is None or runs.sequential is None or runs.concurrent is None:
+        return math.nan
+    return ratio(runs.concurrent.tokens_per_s, runs.sequential.tokens_per_s)
+
+
+def goals(results: Results, cfg: BenchConfig) -> str:
+    rows: list[list[object]] = []
+    llm = results.llm
+    if llm is not None:
+        a, b, c = _seq(llm, "a"), _seq(llm, "b"), _seq(llm, "c")
+        for key, system in (("c", c), ("b", b)):
+            if a and system:
+                p50, p95 = system.ttft.p50 - a.ttft.p50, system.ttft.p95 - a.ttft.p95
+                met = p50 <= TTFT_OVERHEAD_GOAL_MS if key == "c" else None
+                goal = f"≤ {TTFT_OVERHEAD_GOAL_MS:g} ms p50" if key == "c" else "(reference)"
+                rows.append(
+                    [
+                        "1",
+                        f"TTFT overhead ({key})−(a), idle",
+                        f"p50 {p50:+.1f} ms, p95 {p95:+.1f} ms",
+                        goal,
+                        _status(met),
+                    ]
+                )
+        for key, system in (("c", c), ("b", b)):
+            if a and system:
+                value = ratio(system.tpot.p50, a.tpot.p50)
+                met = value <= TPOT_RATIO_GOAL if key == "c" else None
+                goal = f"≤ {TPOT_RATIO_GOAL:g}" if key == "c" else "(reference)"
+                p95 = ratio(system.tpot.p95, a.tpot.p95)
+                rows.append(["2", f"TPOT ({key})÷(a)", f"p50 {value:.3f}, p95 {p95:.3f}", goal, _status(met)])
+        scalings = ", ".join(
+            f"({key}) {_scaling(_runs(llm, key)):.2f}" for key in ("b", "c", "c4", "d") if _runs(llm, key)
+        )
+        ceiling = ratio(llm.libllama_batched.get(cfg.concurrency, math.nan), llm.libllama_batched.get(1, math.nan))
+        rows.append([
+            "3", f"output tok/s at {cfg.concurrency} concurrent ÷ at 1", scalings,
+            f"ceiling: batched decode {ceiling:.2f} (~1.3 on 2 cores)", "–",
+        ])  # fmt: skip
+    if results.queue is not None:
+        for load in results.queue.loads:
+            if load.offered_rate is None:
+                continue
+            s = load.summary
+            added = (
+                f"+{s.latency.p50 - results.queue.direct.p50:.1f} / +{s.latency.p95 - results.queue.direct.p95:.1f} ms"
+            )
+            rows.append([
+                "4", f"null model, Poisson {load.offered_rate:g} req/s",
+                f"{s.requests_per_s:.0f} req/s served, latency added p50/p95 {added}", "(measure)", "–",
+            ])  # fmt: skip
+    orch = results.orchestration
+    if orch is not None:
+        rows.append([
+            "5", "debate round 1 wall ÷ slower model alone",
+            f"{orch.ratio:.2f} ({_ms(orch.round_ms)} ms ÷ {_ms(statistics.median(orch.solo_ms[orch.slower]))} ms, "
+            f"{orch.slower})", "(measure; 1.0 = fully parallel)", "–",
+        ])  # fmt: skip
+    return markdown_table(["#", "what", "measured", "goal", "status"], rows)
+
+
+def _spread(summary: RunSummary | None, name: str) -> str:
+    if summary is None:
+        return "–"
+    spread = getattr(summary, name)
+    return spread.text() if spread.n else "–"
+
+
+def _same_text(llm: LlmResults, runs: SystemRuns) -> str:
+    floor = llm.systems["a"].texts
+    if not runs.texts or not floor or runs.key == "a":
+        return "–"
+    same = sum(x == y for x, y in zip(floor, runs.texts, strict=False))
+    return f"{same}/{len(runs.texts)}"
+
+
+def latency_table(llm: LlmResults) -> str:
+    rows = []
+    for runs in llm.systems.values():
+        s = runs.sequential
+        if runs.skipped:
+            rows.append([runs.label, runs.skipped, "", "", "", "", "", ""])
+            continue
+        if s is None:
+            continue
+        rows.append([
+            runs.label, f"{s.ok}/{s.ok + s.failed}", _spread(s, "ttft"), _spread(s, "tpot"), _spread(s, "itl"),
+            _spread(s, "latency"), f"{s.tokens_per_s:.1f}", _same_text(llm, runs),
+        ])  # fmt: skip
+    headers = ["system", "ok", "TTFT ms p50/p95", "TPOT ms p50/p95", "ITL ms p50/p95/p99", "latency ms p50/p95",
+               "out tok/s", "same text as (a)"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def concurrency_table(llm: LlmResults, cfg: BenchConfig) -> str:
+    rows: list[list[object]] = []
+    for key in ("b", "c", "c4", "d"):
+        runs = llm.systems.get(key)
+        if runs is None:
+            continue
+        if runs.skipped:
+            rows.append([runs.label, "–", "–", "–", runs.skipped, ""])
+            continue
+        one = runs.sequential.tokens_per_s if runs.sequential else math.nan
+        many = runs.concurrent
+        rows.append([
+            runs.label, f"{one:.1f}", f"{many.tokens_per_s:.1f}" if many else "–", f"{_scaling(runs):.2f}",
+            _spread(many, "ttft"), _spread(many, "tpot"),
+        ])  # fmt: skip
+    batched = llm.libllama_batched
+    rows.append([
+        "libllama batched decode (llama-batched-bench's method)", f"{batched.get(1, math.nan):.1f}",
+        f"{batched.get(cfg.concurrency, math.nan):.1f}",
+        f"{ratio(batched.get(cfg.concurrency, math.nan), batched.get(1, math.nan)):.2f}", "decode only", "",
+    ])  # fmt: skip
+    if llm.batched_bench is not None:
+        bb = llm.batched_bench
+        rows.append([
+            "llama-batched-bench S_TG", f"{bb.get(1, math.nan):.1f}", f"{bb.get(cfg.concurrency, math.nan):.1f}",
+            f"{ratio(bb.get(cfg.concurrency, math.nan), bb.get(1, math.nan)):.2f}", "decode only", "",
+        ])  # fmt: skip
+    if llm.llama_bench_tg is not None:
+        rows.append(["llama-bench tg (one sequence)", f"{llm.llama_bench_tg:.1f}", "–", "–", "decode only", ""])
+    headers = ["system", "tok/s @1", f"tok/s @{cfg.concurrency}", "ratio", f"TTFT ms p50/p95 @{cfg.concurrency}",
+               f"TPOT ms p50/p95 @{cfg.concurrency}"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def poisson_table(llm: LlmResults) -> str:
+    rows = []
+    for runs in llm.systems.values():
+        s = runs.poisson
+        if s is None:
+            continue
+        rows.append([
+            runs.label, f"{runs.poisson_rate:.2f}", f"{s.requests_per_s:.2f}", f"{s.ok}/{s.ok + s.failed}",
+            _spread(s, "ttft"), _spread(s, "tpot"), _spread(s, "latency"), f"{s.tokens_per_s:.1f}",
+        ])  # fmt: skip
+    headers = ["system", "offered req/s", "served req/s", "ok", "TTFT ms p50/p95", "TPOT ms p50/p95",
+               "latency ms p50/p95", "out tok/s"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def queue_table(queue: QueueResults) -> str:
+    rows = [["null engine called directly", "–", "–", "–", "–", queue.direct.text(3), "–"]]
+    for load in queue.loads:
+        s = load.summary
+        added = f"+{s.latency.p50 - queue.direct.p50:.1f} / +{s.latency.p95 - queue.direct.p95:.1f}"
+        rows.append([
+            f"front→Redis→worker→SSE, {load.label}", f"{load.offered_rate:g}" if load.offered_rate else "–",
+            f"{s.requests_per_s:.1f}", f"{s.ok}/{s.ok + s.failed}", _spread(s, "ttft"), _spread(s, "latency"), added,
+        ])  # fmt: skip
+    headers = ["path", "offered req/s", "served req/s", "ok", "TTFT ms p50/p95(/p99)", "latency ms p50/p95(/p99)",
+               "added ms p50 / p95"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def orchestration_table(orch: OrchestrationResults) -> str:
+    rows: list[list[object]] = []
+    for model, times in orch.solo_ms.items():
+        rows.append([f"{model} alone (whole request)", _ms(statistics.median(times)), " ".join(_ms(t) for t in times)])
+    for model in orch.solo_ms:
+        steps = [r.step_ms(model) for r in orch.rounds]
+        rows.append([f"{model} in the debate (its r1 step)", _ms(statistics.median(steps)), " ".join(map(_ms, steps))])
+    walls = [r.wall_ms for r in orch.rounds]
+    rows.append(["debate round 1 (first started → last finished)", _ms(orch.round_ms), " ".join(map(_ms, walls))])
+    rows.append([f"ratio round 1 ÷ {orch.slower} alone", f"{orch.ratio:.2f}", ""])
+    return markdown_table(["what", "median ms", "each run ms"], rows)
+
+
+def notes(cfg: BenchConfig) -> Iterator[str]:
+    yield (
+        f"Every system runs {cfg.model} with {cfg.threads} threads, n_ctx {cfg.n_ctx}, temperature 0 and "
+        f"max_tokens {cfg.max_tokens} on the prompts of bench/prompts.py; one warm-up request precedes each "
+        "system's runs."
+    )
+    yield (
+        "The load client runs on the same 2 cores as the server it measures (as vLLM's benchmark does on one host): "
+        "its per-chunk work slows (b), (c) and (d) a little, and (a), which has no client, not at all."
+    )
+    yield (
+        "llama_cpp.server runs with `--interrupt_requests False`: its default cancels a running stream whenever "
+        "another request arrives. It serves one request at a time behind a lock."
+    )
+    yield (
+        "On 2 cores batching cannot do much: one decode step already keeps both cores busy, so batching "
+        f"{cfg.concurrency} sequences only amortises the weight reads (ceiling ~1.3×)."
+    )
+    yield (
+        "Queue path: the worker runs INFERENCE_BACKEND=null (an echoing model that costs microseconds), "
+        f"max_tokens {cfg.null_max_tokens}; admission control is lifted so overload shows as latency, not 429s."
+    )
+    yield (
+        "Debate: both models' workers run at once on the same 2 cores (2 threads each), so their round can at best "
+        "match the slower model alone only where there are cores to spare; the stream is closed after round 1."
+    )
+
+
+def render(
+    results: Results, cfg: BenchConfig, *, command: str, started: str, load_before: str, elapsed_s: float
+) -> str:
+    info = machine()
+    out = [
+        "# Benchmarks",
+        "",
+        f"Latest run: {started}, {elapsed_s / 60:.1f} min, load average before it: {load_before}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "## Goals",
+        "",
+        goals(results, cfg),
+        "",
+    ]
+    if results.llm is not None:
+        llm = results.llm
+        out += [
+            f"## 1-2. Idle latency and decode speed ({cfg.sequential} sequential requests)",
+            "",
+            latency_table(llm),
+            "",
+            f"## 3. Concurrency ({cfg.concurrent_requests} requests, {cfg.concurrency} at a time)",
+            "",
+            concurrency_table(llm, cfg),
+            "",
+            f"Poisson arrivals ({cfg.poisson_requests} requests, same schedule for every system):",
+            "",
+            poisson_table(llm),
+            "",
+        ]
+        if llm.tools_note:
+            out += [f"(d): {llm.tools_note}", ""]
+    if results.queue is not None:
+        out += [
+            f"## 4. Queue path with the null model ({cfg.null_seconds:g} s per rate)",
+            "",
+            queue_table(results.queue),
+            "",
+        ]
+    if results.orchestration is not None:
+        out += ["## 5. Orchestration: debate round 1", "", orchestration_table(results.orchestration), ""]
+    out += ["## Notes", "", *(f"- {line}" for line in notes(cfg)), ""]
+    return "\n".join(out)
