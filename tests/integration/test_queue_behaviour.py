@@ -6,6 +6,7 @@ Workers run the null backend with a per-token delay: a slow model whose timing i
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -154,9 +155,8 @@ def test_a_disconnect_frees_the_worker_within_a_second(
     start_worker(SMOL, **SLOW)
     url = start_front()
     host, port = url.removeprefix("http://").split(":")
-    body = (
-        '{"model":"%s","messages":[{"role":"user","content":"x"}],"max_tokens":2000,"stream":%s}'
-        % (SMOL, "true" if stream else "false")
+    body = json.dumps(
+        {"model": SMOL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2000, "stream": stream}
     ).encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
