@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     gpu_layers: int = -1
     # "null" answers with fixed text at once: the queue-overhead benchmark's model.
     backend: Literal["llamacpp", "vllm", "null"] = "llamacpp"
+    # vLLM only: a Hugging Face model id or folder to serve instead of the .gguf file, the
+    # tokenizer to use with a .gguf file, and the share of GPU memory vLLM may take.
+    vllm_model: str | None = None
+    vllm_tokenizer: str | None = None
+    vllm_gpu_memory_utilization: float = 0.9
     heartbeat_ttl_s: float = 5.0
     idle_poll_s: float = 1.0
 

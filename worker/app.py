@@ -54,7 +54,9 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
     if settings.backend == "vllm":
         from worker.vllm_engine import VllmEngine
 
-        return [VllmEngine(model_id=model_id, path=resolve_model_path(settings, model_id), settings=settings)]
+        # One engine batches all of the worker's concurrent jobs itself.
+        engine = VllmEngine(model_id=model_id, path=resolve_model_path(settings, model_id), settings=settings)
+        return [engine] * copies
     path = resolve_model_path(settings, model_id)
     return [
         LlamaEngine(

@@ -77,7 +77,8 @@ class WorkerRuntime:
             with contextlib.suppress(Exception):
                 await self._cancel_pubsub.aclose()  # type: ignore[no-untyped-call]
         self._threads.shutdown(wait=True, cancel_futures=True)
-        for engine in self._all_engines:
+        # A backend that batches itself (vLLM) serves every slot with one engine.
+        for engine in {id(e): e for e in self._all_engines}.values():
             engine.close()
 
     async def _listen_for_cancels(self, pubsub: PubSub) -> None:
