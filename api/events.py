@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from worker.listener import Listener
 from worker.protocol import Event, decode_event
 
 logger = logging.getLogger(__name__)
@@ -23,7 +25,7 @@ class EventHub:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pubsub: PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         self._inboxes: dict[str, asyncio.Queue[Event]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
@@ -32,44 +34,27 @@ class EventHub:
         self._pubsub = self._redis.pubsub()
         # A placeholder subscription keeps the connection in pub/sub mode between requests.
         await self._pubsub.subscribe("__hub__")
-        self._reader = asyncio.create_task(self._read(self._pubsub), name="event-hub")
+        self._listener = Listener(self._pubsub, self._dispatch, name="event hub")
+        self._listener.start()
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._listener is not None:
+            await self._listener.stop()
 
-    async def _read(self, pubsub: PubSub) -> None:
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("event hub lost its connection; reconnecting")
-                await asyncio.sleep(0.5)
-                continue
-            if message is None:
-                continue
-            channel = message["channel"].decode()
-            if message["type"] == "subscribe":
-                waiter = self._confirmations.pop(channel, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-                continue
-            if message["type"] != "message":
-                continue
-            inbox = self._inboxes.get(channel)
-            if inbox is None:
-                continue
-            try:
-                inbox.put_nowait(decode_event(message["data"]))
-            except Exception:
-                logger.warning("undecodable event on %s", channel)
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        if message["type"] == "subscribe":
+            waiter = self._confirmations.pop(channel, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        inbox = self._inboxes.get(channel)
+        if message["type"] != "message" or inbox is None:
+            return
+        try:
+            inbox.put_nowait(decode_event(message["data"]))
+        except Exception:
+            logger.warning("undecodable event on %s", channel)
 
     @contextlib.asynccontextmanager
     async def subscription(self, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:

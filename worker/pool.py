@@ -16,7 +16,8 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
-from redis.asyncio.client import PubSub
+
+from worker.listener import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -30,39 +31,18 @@ class WakeablePool(ArqRedis):
         self._wake_channel = wake_channel
         self._idle_wait_s = idle_wait_s
         self._woken = asyncio.Event()
-        self._listener: asyncio.Task[None] | None = None
-        self._pubsub: PubSub | None = None
+        self._listener: Listener | None = None
 
     async def start_wake_listener(self) -> None:
-        self._pubsub = self.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._wake_channel)
-        self._listener = asyncio.create_task(self._listen(self._pubsub), name="wake-listener")
+        pubsub = self.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._wake_channel)
+        # While the connection is down the idle wait times out: the fallback poll.
+        self._listener = Listener(pubsub, lambda _: self._woken.set(), name="wake listener", retry_s=self._idle_wait_s)
+        self._listener.start()
 
     async def stop_wake_listener(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    def wake(self) -> None:
-        """Make the next (or the current) idle wait return at once."""
-        self._woken.set()
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a dropped connection: fall back to polling until it returns
-                logger.warning("wake channel lost; polling every %.1fs", self._idle_wait_s, exc_info=True)
-                await asyncio.sleep(self._idle_wait_s)
-                continue
-            if message is not None:
-                self._woken.set()
+            await self._listener.stop()
 
     async def zrangebyscore(  # type: ignore[override]
         self, name: Any, min: Any, max: Any, start: int | None = None, num: int | None = None, **kwargs: Any

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -12,13 +11,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 
 from worker.engine import Engine, Outcome, PromptTooLong
 from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
+from worker.listener import Listener
 from worker.presence import Presence
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 
@@ -53,8 +53,7 @@ class WorkerRuntime:
         self._threads = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
         # job key -> (request id, its cancel flag); a request's steps share the request id.
         self._cancels: dict[str, tuple[str, threading.Event]] = {}
-        self._cancel_pubsub: PubSub | None = None
-        self._cancel_task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         self._jobs_done = 0
 
     @property
@@ -62,45 +61,30 @@ class WorkerRuntime:
         return len(self._cancels)
 
     async def start(self) -> None:
-        self._cancel_pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._cancel_pubsub.subscribe(self._keys.cancel, self._keys.control(self.model_id))
-        self._cancel_task = asyncio.create_task(self._listen_for_cancels(self._cancel_pubsub))
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._keys.cancel, self._keys.control(self.model_id))
+        self._listener = Listener(pubsub, self._on_message, name="cancel listener", retry_s=1.0)
+        self._listener.start()
 
     async def stop(self) -> None:
         for _, event in self._cancels.values():
             event.set()
-        if self._cancel_task is not None:
-            self._cancel_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._cancel_task
-        if self._cancel_pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._cancel_pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._listener is not None:
+            await self._listener.stop()
         self._threads.shutdown(wait=True, cancel_futures=True)
         # A backend that batches itself (vLLM) serves every slot with one engine.
         for engine in {id(e): e for e in self._all_engines}.values():
             engine.close()
 
-    async def _listen_for_cancels(self, pubsub: PubSub) -> None:
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("cancel channel lost; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
-                continue
-            if message is None:
-                continue
-            if message["channel"].decode() == self._keys.control(self.model_id):
-                if message["data"] == UNLOAD:
-                    await self._unload()
-                continue
-            request_id = message["data"].decode()
-            for owner, event in list(self._cancels.values()):
-                if owner == request_id:
-                    event.set()
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        if message["channel"].decode() == self._keys.control(self.model_id):
+            if message["data"] == UNLOAD:
+                await self._unload()
+            return
+        request_id = message["data"].decode()
+        for owner, event in list(self._cancels.values()):
+            if owner == request_id:
+                event.set()
 
     async def _unload(self) -> None:
         """Stop taking jobs, let the running ones finish, then exit (arq's graceful SIGTERM)."""
