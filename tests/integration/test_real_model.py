@@ -109,7 +109,8 @@ def test_prompt_longer_than_context_is_a_400_before_generation(
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded"
     # llama.cpp rounds the context up to its block size; the message names the real one.
-    context_length = httpx.get(f"{url}/v1/models").json()["data"][0]["context_length"]
+    cards = {card["id"]: card for card in httpx.get(f"{url}/v1/models").json()["data"]}
+    context_length = cards[MODEL]["context_length"]
     assert 128 <= context_length < 400
     assert f"maximum context length is {context_length} tokens" in error["message"]
 
