@@ -107,7 +107,7 @@ def test_unload_lets_the_running_request_finish_then_frees_the_worker(
     start_fleet()
     wait_ready(url)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(ask, url, SMOL, max_tokens=150, temperature=0.8)
+        running = pool.submit(ask, url, SMOL, max_tokens=80, temperature=0.8)
         deadline = time.monotonic() + 30
         while not redis_client.hlen(f"{prefix}:running:{SMOL}"):
             assert time.monotonic() < deadline
