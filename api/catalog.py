@@ -17,7 +17,7 @@ from presets.registry import Registry
 from presets.routing import resolve_model
 from presets.settings import Settings
 from worker.keys import Keys
-from worker.presence import WorkerInfo, live_workers
+from worker.presence import WorkerInfo, read_fleet
 
 SERVING_STATES = frozenset({"ready", "busy"})
 _LOADING_POLL_S = 0.1
@@ -66,9 +66,11 @@ class Catalog:
         return {**self.registry.roles_by_model(), **self.active.roles}
 
     async def view(self) -> FleetView:
-        workers = await live_workers(self._redis, keys=self._keys)
-        markers = await self._redis.mget([self._keys.loading(m) for m in self.registry.model_ids()])
-        loading = {m for m, marker in zip(self.registry.model_ids(), markers, strict=True) if marker is not None}
+        models = self.registry.model_ids()
+        workers, markers = await read_fleet(
+            self._redis, keys=self._keys, loading_keys=[self._keys.loading(m) for m in models]
+        )
+        loading = {m for m, marker in zip(models, markers, strict=True) if marker}
         loading |= {w.model for w in workers if w.state == "loading"}
         return FleetView(workers=tuple(workers), loading=frozenset(loading))
 

@@ -183,7 +183,7 @@ class ChatService:
             if orchestrated:
                 await self._start_dag(job, mode=mode)
             else:
-                await enqueue_chat(
+                submission.queue_position = await enqueue_chat(
                     self._redis,
                     keys=self._keys,
                     job=job,
@@ -191,7 +191,6 @@ class ChatService:
                     now_ms=int(now * 1000),
                     expires_s=timeout_s,
                 )
-                submission.queue_position = await self._position(submission)
             await self._await_acceptance(submission, wait_s=accept_wait_s)
         except BaseException:
             await self.close(submission)

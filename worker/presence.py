@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -87,6 +87,10 @@ class Presence:
         self._fields.update(fields)
         await self._write()
 
+    def note(self, **fields: str | int) -> None:
+        """Change fields that the next heartbeat writes."""
+        self._fields.update(fields)
+
     async def _write(self) -> None:
         key = self._keys.worker(self._model, self._worker_id)
         expires_ms = int(time.time() * 1000) + self._ttl_ms
@@ -117,18 +121,41 @@ class Presence:
             await pipe.execute()
 
 
-async def live_workers(redis: Redis, *, keys: Keys) -> list[WorkerInfo]:
-    """Every worker whose heartbeat is current, read in two round trips."""
+# Live workers' hashes, and which of the given loading markers are set, in one round trip.
+_FLEET = """
+local found = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local model, worker = string.match(member, '^(.-)/(.*)$')
+  if model then
+    local fields = redis.call('HGETALL', ARGV[2] .. model .. ':' .. worker)
+    if #fields > 0 then
+      table.insert(found, fields)
+    end
+  end
+end
+local markers = {}
+for index = 2, #KEYS do
+  markers[index - 1] = redis.call('EXISTS', KEYS[index])
+end
+return {found, markers}
+"""
+
+
+async def read_fleet(
+    redis: Redis, *, keys: Keys, loading_keys: Sequence[str] = ()
+) -> tuple[list[WorkerInfo], list[bool]]:
+    """Every worker whose heartbeat is current, and which `loading_keys` exist."""
     now_ms = int(time.time() * 1000)
-    members = await redis.zrangebyscore(keys.workers, now_ms, "+inf")
-    if not members:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for member in members:
-            model, _, worker_id = member.decode().partition("/")
-            pipe.hgetall(keys.worker(model, worker_id))
-        hashes = await pipe.execute()
-    return [WorkerInfo.from_hash(raw) for raw in hashes if raw]
+    script = redis.register_script(_FLEET)
+    found, markers = await script(keys=[keys.workers, *loading_keys], args=[now_ms, keys.worker("", "")[:-1]])
+    workers = [WorkerInfo.from_hash(dict(zip(fields[::2], fields[1::2], strict=True))) for fields in found]
+    return workers, [bool(flag) for flag in markers]
+
+
+async def live_workers(redis: Redis, *, keys: Keys) -> list[WorkerInfo]:
+    """Every worker whose heartbeat is current."""
+    workers, _ = await read_fleet(redis, keys=keys)
+    return workers
 
 
 async def prune_dead(redis: Redis, *, keys: Keys) -> int:

@@ -10,13 +10,14 @@ ones: that is the ageing rule that keeps low priority from waiting forever.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
 
 from worker.keys import Keys
-from worker.protocol import ChatJob, encode_job
+from worker.protocol import ChatJob, arq_serialize, encode_job
 
 CHAT_FUNCTION = "chat"
 
@@ -34,22 +35,51 @@ class QueuePolicy:
         return now_ms - int((level - 1) * self.ageing_s * 1000)
 
 
+# Queue a job the way arq's enqueue_job stores it (job key with an expiry, queue entry),
+# wake the model's idle workers, and count the jobs ahead of it: one round trip instead
+# of arq's four plus two. NX keeps arq's rule that a job id is queued at most once.
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') == false then
+  return -1
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('PUBLISH', KEYS[3], '1')
+local rank = redis.call('ZRANK', KEYS[2], ARGV[4])
+local before = redis.call('ZRANGE', KEYS[2], 0, rank)
+local running = {}
+for _, key in ipairs(redis.call('HKEYS', KEYS[4])) do
+  running[ARGV[5] .. key] = true
+end
+local ahead = 0
+for _, id in ipairs(before) do
+  if id ~= ARGV[4] and not running[id] then
+    ahead = ahead + 1
+  end
+end
+for id, _ in pairs(running) do
+  if id ~= ARGV[4] then
+    ahead = ahead + 1
+  end
+end
+return ahead
+"""
+
+
 async def enqueue_chat(
-    redis: ArqRedis, *, keys: Keys, job: ChatJob, policy: QueuePolicy, now_ms: int, expires_s: float
-) -> None:
-    """Queue one job and wake the model's idle workers."""
+    redis: Redis, *, keys: Keys, job: ChatJob, policy: QueuePolicy, now_ms: int, expires_s: float
+) -> int:
+    """Queue one job and wake the model's idle workers; returns the jobs ahead of it."""
     score = policy.score_ms(priority=job.priority, now_ms=now_ms)
-    queued = await redis.enqueue_job(
-        CHAT_FUNCTION,
-        encode_job(job),
-        _job_id=keys.job_id(job.job_key),
-        _queue_name=keys.queue(job.model),
-        _defer_until=datetime.fromtimestamp(score / 1000, tz=UTC),
-        _expires=max(expires_s, 1.0),
+    job_id = keys.job_id(job.job_key)
+    envelope = serialize_job(CHAT_FUNCTION, (encode_job(job),), {}, None, now_ms, serializer=arq_serialize)
+    script = redis.register_script(_ENQUEUE)
+    ahead = await script(
+        keys=[job_key_prefix + job_id, keys.queue(job.model), keys.wake(job.model), keys.running(job.model)],
+        args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id("")],
     )
-    if queued is None:
+    if int(ahead) < 0:
         raise RuntimeError(f"job {job.job_key} is already queued")
-    await redis.publish(keys.wake(job.model), b"1")
+    return int(ahead)
 
 
 async def queue_position(redis: ArqRedis, *, keys: Keys, model: str, request_id: str) -> int | None:

@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class _Started:
+    """The prompt fits: generation begins."""
+
+    prompt_tokens: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepResult:
     """What a finished generation produced; orchestration steps build on it."""
@@ -103,7 +110,7 @@ class WorkerRuntime:
 
     async def run(self, job: ChatJob) -> StepResult | None:
         """Run one job to its end; None when it was cancelled or expired before it started."""
-        if time.time() * 1000 >= job.deadline_ms or await self._redis.exists(self._keys.cancelled(job.request_id)):
+        if time.time() * 1000 >= job.deadline_ms:
             return None
         cancel = threading.Event()
         self._cancels[job.job_key] = (job.request_id, cancel)
@@ -111,72 +118,85 @@ class WorkerRuntime:
         deadline = loop.call_later(max(job.deadline_ms / 1000 - time.time(), 0), cancel.set)
         engine = await self._engines.get()
         try:
-            await self._mark_running(job, running=True)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(self._keys.cancelled(job.request_id))
+                pipe.hset(self._keys.running(self.model_id), job.job_key, self.worker_id)
+                cancelled, _ = await pipe.execute()
+            if cancelled:
+                return None
+            self._note_load()
             return await self._generate(job, engine, cancel)
         finally:
             deadline.cancel()
             self._engines.put_nowait(engine)
             del self._cancels[job.job_key]
             self._jobs_done += 1
-            await self._mark_running(job, running=False)
-
-    async def _mark_running(self, job: ChatJob, *, running: bool) -> None:
-        key = self._keys.running(self.model_id)
-        if running:
-            await self._redis.hset(key, job.job_key, self.worker_id)  # type: ignore[misc]
-        else:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hdel(key, job.job_key)
+                pipe.hdel(self._keys.running(self.model_id), job.job_key)
                 pipe.zadd(self._keys.last_used, {self.model_id: int(time.time() * 1000)})
                 await pipe.execute()
+            self._note_load()
+
+    def _note_load(self) -> None:
+        # Written by the next heartbeat: a round trip per job start and end is not worth it.
         if self.presence.state != "stopping":
-            await self.presence.update(
+            self.presence.note(
                 state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
             )
 
     async def _generate(self, job: ChatJob, engine: Engine, cancel: threading.Event) -> StepResult | None:
         loop = asyncio.get_running_loop()
-        try:
-            prompt = await loop.run_in_executor(self._threads, engine.prepare, job.messages, job.params)
-        except PromptTooLong as exc:
-            await self._publish(
-                job.channel, Failed(code="context_length_exceeded", message=str(exc), status=400, param="messages")
-            )
-            return None
-        prompt_tokens = len(prompt.tokens)
-        accepted: list[Event] = [Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)]
-        if job.step is not None:
-            accepted.append(Progress(step=job.step, model=self.model_id, state="started"))
-        await self._publish(job.channel, *accepted)
-
-        pieces: asyncio.Queue[object] = asyncio.Queue()
+        items: asyncio.Queue[object] = asyncio.Queue()
 
         def emit(text: str) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, text)
+            loop.call_soon_threadsafe(items.put_nowait, text)
 
-        def generate() -> Outcome:
+        def work() -> Outcome | None:
+            # One thread hop for the whole job: tokenize, then generate.
             try:
+                try:
+                    prompt = engine.prepare(job.messages, job.params)
+                except PromptTooLong as exc:
+                    loop.call_soon_threadsafe(items.put_nowait, exc)
+                    return None
+                loop.call_soon_threadsafe(items.put_nowait, _Started(len(prompt.tokens)))
                 return engine.generate(prompt, job.params, cancel=cancel, emit=emit)
             finally:
-                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+                loop.call_soon_threadsafe(items.put_nowait, _DONE)
 
-        future = loop.run_in_executor(self._threads, generate)
+        future = loop.run_in_executor(self._threads, work)
         collected: list[str] = []
+        prompt_tokens = 0
         done = False
         while not done:
-            batch = [await pieces.get()]
-            while not pieces.empty():
-                batch.append(pieces.get_nowait())
+            batch = [await items.get()]
+            while not items.empty():
+                batch.append(items.get_nowait())
             done = batch[-1] is _DONE
-            texts = [item for item in batch if isinstance(item, str)]
-            collected.extend(texts)
-            if job.publish_tokens and texts:
-                await self._publish(job.channel, *(Token(text) for text in texts))
+            events: list[Event] = []
+            for item in batch:
+                if isinstance(item, str):
+                    collected.append(item)
+                    if job.publish_tokens:
+                        events.append(Token(item))
+                elif isinstance(item, _Started):
+                    prompt_tokens = item.prompt_tokens
+                    events.append(Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens))
+                    if job.step is not None:
+                        events.append(Progress(step=job.step, model=self.model_id, state="started"))
+                elif isinstance(item, PromptTooLong):
+                    events.append(
+                        Failed(code="context_length_exceeded", message=str(item), status=400, param="messages")
+                    )
+            if events:
+                await self._publish(job.channel, *events)
         try:
             outcome = await future
         except Exception as exc:
             logger.exception("generation failed for %s", job.request_id)
             await self._publish(job.channel, Failed(code="generation_failed", message=str(exc), status=500))
+            return None
+        if outcome is None:
             return None
         reason = outcome.reason
         completion_tokens = outcome.completion_tokens

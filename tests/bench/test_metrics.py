@@ -8,7 +8,15 @@ import pytest
 
 from bench.ceilings import parse_batched_bench
 from bench.loadgen import completion_tokens, poisson_schedule
-from bench.metrics import RequestRecord, Spread, percentile, summarize, tpot_ms
+from bench.metrics import (
+    RequestRecord,
+    Spread,
+    paired_tpot_ratios,
+    paired_ttft_overheads,
+    percentile,
+    summarize,
+    tpot_ms,
+)
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -58,6 +66,16 @@ def test_summary_of_two_requests() -> None:
     assert summary.duration_s == pytest.approx(1.5)
     assert summary.tokens_per_s == pytest.approx(5 / 1.5)
     assert summary.requests_per_s == pytest.approx(2 / 1.5)
+    # Interleaved with another system's requests: only their own 0.5 s each count.
+    assert summarize([first, second], serial=True).tokens_per_s == pytest.approx(5 / 1.0)
+
+
+def test_pairs_compare_the_same_prompt_and_skip_failures() -> None:
+    floor = [record(0.0, [0.1, 0.2], 1.1, 11), record(0.0, [0.2, 0.3], 1.2, 11), record(0.0, [0.1], 0.2, 2)]
+    other = [record(5.0, [5.112, 5.2], 6.212, 11), record(5.0, [5.21, 5.3], 6.41, 11), RequestRecord(sent=5.0)]
+    assert paired_ttft_overheads(floor, other) == pytest.approx([12.0, 10.0])
+    # TPOT 100 ms for both floor requests; 110 and 120 ms for the other system.
+    assert paired_tpot_ratios(floor, other) == pytest.approx([1.1, 1.2])
 
 
 def test_token_count_prefers_usage_then_the_length_limit() -> None:
