@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # A stream waits this long for a worker to accept its job before it opens (so errors
     # found on acceptance are HTTP statuses); a request queued longer streams its position.
     stream_accept_wait_s: float = 0.5
+    # 0 streams every token as it comes; N sends what arrived within N ms together (the
+    # first token always goes at once), trading chunk granularity for less work per token.
+    stream_interval_ms: float = 0.0
 
     # Queue behaviour
     queue_strategy: Literal["fifo", "priority"] = "priority"

@@ -148,3 +148,26 @@ def test_gemma_worker_answers_with_real_usage(
     assert answer.usage is not None and answer.usage.prompt_tokens > 5
     assert answer.usage.completion_tokens >= 1
     assert (models_dir / "gemma3-270m" / "gemma-3-270m-q4_k_m.gguf").is_file()
+
+
+def test_a_stream_interval_batches_tokens_without_changing_the_text(
+    start_worker: StartWorker, start_front: StartFront, reference_llm: Any
+) -> None:
+    start_worker(MODEL, INFERENCE_STREAM_INTERVAL_MS="200")
+    client = openai.OpenAI(base_url=start_front() + "/v1", api_key="unused")
+    question = "Describe a forest in three sentences."
+    expected = reference(reference_llm, question, 40)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=40,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == expected["choices"][0]["message"]["content"]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == expected["usage"]["completion_tokens"] > 20
+    assert 1 < len(pieces) < expected["usage"]["completion_tokens"]
