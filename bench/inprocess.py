@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import Send, completion_tokens
+from bench.loadgen import completion_tokens
 from bench.metrics import RequestRecord
-from bench.prompts import prompt
 
 
 class InProcessLlama:
@@ -45,13 +43,6 @@ class InProcessLlama:
             usage=None, finish_reason=finish_reason, max_tokens=max_tokens, chunks=len(parts)
         )
         return record
-
-    def sender(self, *, max_tokens: int) -> Send:
-        async def send(index: int) -> RequestRecord:
-            # Timed inside the thread: the hop into it is not part of the floor.
-            return await asyncio.to_thread(self.run, prompt(index), max_tokens=max_tokens)
-
-        return send
 
     def close(self) -> None:
         self._llm.close()

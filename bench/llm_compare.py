@@ -1,20 +1,26 @@
 """Comparisons 1-3: the same prompts on (a) in-process, (b) llama_cpp.server, (c) this service, (d) llama-server.
 
-Each system is started alone, warmed up with one request, then driven sequentially,
-at fixed concurrency and with Poisson arrivals, and stopped before the next one starts:
-on 2 cores, anything else running would be measured too.
+All systems are started together and warmed up with one request each. The idle-system
+run interleaves them, request i going to each system in turn (rotating who goes first),
+so that a slow spell of this shared 2-core VM lands on every system alike instead of
+on whichever ran during it; only one system ever has work, the others sit idle. The
+concurrency and Poisson runs then take each server in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import ceilings, loadgen
 from bench.config import BenchConfig
+from bench.cpu import CpuMeter, CpuUse, combined, wait_for_quiet
 from bench.inprocess import InProcessLlama
 from bench.metrics import RequestRecord, RunSummary, summarize
 from bench.procs import (
@@ -27,6 +33,9 @@ from bench.procs import (
 )
 from bench.prompts import CONCURRENT, POISSON, SEQUENTIAL, WARMUP_PROMPT, chat_body, prompt
 
+# A system's sender: offset -> (request index -> timed request of prompt offset + index).
+SendFor = Callable[[int], loadgen.Send]
+
 
 @dataclass(kw_only=True)
 class SystemRuns:
@@ -36,9 +45,14 @@ class SystemRuns:
     concurrent: RunSummary | None = None
     poisson: RunSummary | None = None
     poisson_rate: float | None = None
-    # Answers of the sequential run, to check that every system decodes the same tokens.
-    texts: list[str] = field(default_factory=list)
+    # The idle-system run's requests in prompt order: paired with (a)'s for the overheads,
+    # and their texts show whether every system decodes the same tokens.
+    records: list[RequestRecord] = field(default_factory=list)
+    # One request at a time, in the same phase as the concurrent run (for the scaling ratio).
+    one_at_a_time: RunSummary | None = None
     skipped: str | None = None
+    cpu_sequential: CpuUse | None = None
+    cpu_load: CpuUse | None = None
 
 
 @dataclass(kw_only=True)
@@ -50,147 +64,220 @@ class LlmResults:
     tools_note: str = ""
 
 
-async def _drive(
-    key: str,
-    label: str,
-    send_for: Callable[[int], loadgen.Send],
-    cfg: BenchConfig,
-    *,
-    sequential: bool = True,
-    concurrent: bool = True,
-    poisson_rate: float | None = None,
-) -> SystemRuns:
-    """Warm-up, then the load phases; `send_for(offset)` sends prompt offset+i for request i."""
-    result = SystemRuns(key=key, label=label)
-    warm = await send_for(-1)(0)
-    if warm.error:
-        raise RuntimeError(f"{label}: warm-up request failed: {warm.error}")
-    if sequential:
-        run = await loadgen.fixed_concurrency(send_for(SEQUENTIAL), requests=cfg.sequential, concurrency=1)
-        result.sequential = summarize(run.records)
-        result.texts = [r.text for r in run.records]  # one user: in prompt order
-    if concurrent:
-        run = await loadgen.fixed_concurrency(
-            send_for(CONCURRENT), requests=cfg.concurrent_requests, concurrency=cfg.concurrency
-        )
-        result.concurrent = summarize(run.records)
-    if poisson_rate:
-        run = await loadgen.poisson(send_for(POISSON), rate=poisson_rate, requests=cfg.poisson_requests, seed=cfg.seed)
-        result.poisson = summarize(run.records)
-        result.poisson_rate = poisson_rate
-    return result
+@dataclass(frozen=True, kw_only=True)
+class Contender:
+    key: str
+    label: str
+    # Builds the sender once the shared HTTP client exists.
+    make: Callable[[httpx.AsyncClient], SendFor]
+    pids: Mapping[str, int]
+    # (a) is a library call: no concurrency or Poisson runs for it.
+    server: bool = True
 
 
-def _http_send_for(http: Any, url: str, model: str, cfg: BenchConfig, *, usage: bool) -> Callable[[int], loadgen.Send]:
-    def send_for(offset: int) -> loadgen.Send:
-        def body(index: int) -> dict[str, Any]:
-            content = WARMUP_PROMPT if offset < 0 else prompt(offset + index)
-            return chat_body(model, content, max_tokens=cfg.max_tokens, usage=usage)
+def http_contender(
+    key: str, label: str, url: str, cfg: BenchConfig, *, pids: Mapping[str, int], usage: bool, **extra: object
+) -> Contender:
+    def make(http: httpx.AsyncClient) -> SendFor:
+        def send_for(offset: int) -> loadgen.Send:
+            def body(index: int) -> dict[str, Any]:
+                content = WARMUP_PROMPT if offset < 0 else prompt(offset + index)
+                return chat_body(cfg.model, content, max_tokens=cfg.max_tokens, usage=usage, **extra)
 
-        return loadgen.http_sender(http, url + "/v1/chat/completions", body)
+            return loadgen.http_sender(http, url + "/v1/chat/completions", body)
 
-    return send_for
+        return send_for
 
-
-async def _drive_http(
-    key: str,
-    label: str,
-    url: str,
-    cfg: BenchConfig,
-    *,
-    usage: bool,
-    poisson_rate: float | None,
-    sequential: bool = True,
-) -> SystemRuns:
-    async with loadgen.client() as http:
-        send_for = _http_send_for(http, url, cfg.model, cfg, usage=usage)
-        return await _drive(key, label, send_for, cfg, sequential=sequential, poisson_rate=poisson_rate)
+    return Contender(key=key, label=label, make=make, pids=pids)
 
 
-def in_process(cfg: BenchConfig, model_path: Path) -> SystemRuns:
-    llm = InProcessLlama(model_path, threads=cfg.threads, n_ctx=cfg.n_ctx)
-    try:
-
+def in_process_contender(llm: InProcessLlama, cfg: BenchConfig) -> Contender:
+    def make(_: httpx.AsyncClient) -> SendFor:
         def send_for(offset: int) -> loadgen.Send:
             async def send(index: int) -> RequestRecord:
                 content = WARMUP_PROMPT if offset < 0 else prompt(offset + index)
+                # Timed inside the thread: the hop into it is not part of the floor.
                 return await asyncio.to_thread(llm.run, content, max_tokens=cfg.max_tokens)
 
             return send
 
-        label = "(a) llama-cpp-python in-process"
-        return asyncio.run(_drive("a", label, send_for, cfg, concurrent=False))
-    finally:
-        llm.close()
+        return send_for
+
+    return Contender(key="a", label="(a) llama-cpp-python in-process", make=make, pids={}, server=False)
 
 
-def llama_cpp_server(cfg: BenchConfig, model_path: Path, *, poisson_rate: float | None) -> SystemRuns:
+async def _timed(send: loadgen.Send, index: int, pids: Mapping[str, int]) -> tuple[RequestRecord, CpuUse]:
+    meter = CpuMeter(pids)
+    found = await send(index)
+    return found, meter.stop()
+
+
+async def measure(contenders: list[Contender], cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, SystemRuns]:
+    results = {c.key: SystemRuns(key=c.key, label=c.label) for c in contenders}
+    async with loadgen.client() as http:
+        senders = {c.key: c.make(http) for c in contenders}
+        for c in contenders:
+            warm = await senders[c.key](-1)(0)
+            if warm.error:
+                raise RuntimeError(f"{c.label}: warm-up request failed: {warm.error}")
+        wait_for_quiet(log=log)
+        log(
+            f"idle system: {cfg.sequential} requests to each of {', '.join(c.key for c in contenders)}, interleaved ..."
+        )
+        records: dict[str, list[RequestRecord]] = {c.key: [] for c in contenders}
+        cpu: dict[str, list[CpuUse]] = {c.key: [] for c in contenders}
+        sequential = {c.key: senders[c.key](SEQUENTIAL) for c in contenders}
+        for index in range(cfg.sequential):
+            turn = index % len(contenders)
+            for c in contenders[turn:] + contenders[:turn]:
+                found, use = await _timed(sequential[c.key], index, c.pids)
+                records[c.key].append(found)
+                cpu[c.key].append(use)
+        for c in contenders:
+            results[c.key].sequential = summarize(records[c.key], serial=True)
+            results[c.key].records = records[c.key]
+            results[c.key].cpu_sequential = combined(cpu[c.key])
+        floor = results["a"].sequential if "a" in results else None
+        rate = cfg.poisson_rate or (0.6 * floor.requests_per_s if floor and floor.ok else 0.5)
+        for c in contenders:
+            if c.server:
+                wait_for_quiet(log=log)
+                log(f"{c.label}: {cfg.concurrency} concurrent, then Poisson at {rate:.2f} req/s ...")
+                await _load(results[c.key], senders[c.key], c.pids, cfg, poisson_rate=rate)
+    return results
+
+
+async def _load(
+    result: SystemRuns, send_for: SendFor, pids: Mapping[str, int], cfg: BenchConfig, *, poisson_rate: float | None
+) -> None:
+    """1 and `concurrency` requests at a time in alternating halves, then Poisson arrivals.
+
+    The scaling ratio compares two runs; taking them in alternating blocks of the same
+    phase keeps a drift of the machine's speed between phases out of it.
+    """
+    meter = CpuMeter(pids)
+    ones: list[RequestRecord] = []
+    manys: list[RequestRecord] = []
+    one_s = many_s = 0.0
+    half_one, half_many = max(cfg.concurrent_requests // 4, 1), max(cfg.concurrent_requests // 2, 1)
+    for block in range(2):
+        run = await loadgen.fixed_concurrency(
+            _shifted(send_for(CONCURRENT), block * half_one), requests=half_one, concurrency=1
+        )
+        ones += run.records
+        one_s += summarize(run.records).duration_s
+        run = await loadgen.fixed_concurrency(
+            _shifted(send_for(CONCURRENT), 2 * half_one + block * half_many),
+            requests=half_many,
+            concurrency=cfg.concurrency,
+        )
+        manys += run.records
+        many_s += summarize(run.records).duration_s
+    result.one_at_a_time = summarize(ones, duration_s=one_s)
+    result.concurrent = summarize(manys, duration_s=many_s)
+    if poisson_rate:
+        run = await loadgen.poisson(send_for(POISSON), rate=poisson_rate, requests=cfg.poisson_requests, seed=cfg.seed)
+        result.poisson = summarize(run.records)
+        result.poisson_rate = poisson_rate
+    result.cpu_load = meter.stop()
+
+
+def _shifted(send: loadgen.Send, by: int) -> loadgen.Send:
+    """Request i sends prompt i + by: each block gets prompts no other block sent."""
+
+    async def shifted(index: int) -> RequestRecord:
+        return await send(index + by)
+
+    return shifted
+
+
+def _start_all(
+    stack: contextlib.ExitStack, cfg: BenchConfig, model_path: Path, tools: ceilings.LlamaTools | None
+) -> list[Contender]:
+    """(a), (b), (c) and, where its binary exists, (d): each registered on `stack` to be stopped."""
+    llm = InProcessLlama(model_path, threads=cfg.threads, n_ctx=cfg.n_ctx)
+    stack.callback(llm.close)
+    contenders = [in_process_contender(llm, cfg)]
     server, url = start_llama_cpp_server(model_path, threads=cfg.threads, n_ctx=cfg.n_ctx, log_dir=cfg.log_dir)
-    with running(server):
-        # No usage chunk there: it ignores stream_options (tokens are counted from finish_reason).
-        return asyncio.run(_drive_http("b", "(b) llama_cpp.server", url, cfg, usage=False, poisson_rate=poisson_rate))
-
-
-def this_service(
-    cfg: BenchConfig, *, poisson_rate: float | None, engines: int = 1, sequential: bool = True
-) -> SystemRuns:
+    stack.callback(server.stop)
+    # It sends no usage chunk (tokens are counted from finish_reason there), and its requests
+    # default to repeat_penalty 1.1 where create_chat_completion and the others use 1.0.
+    contenders.append(
+        http_contender(
+            "b", "(b) llama_cpp.server", url, cfg, pids={"server": server.pid}, usage=False, repeat_penalty=1.0
+        )
+    )
     service = cfg.service()
-    extra = {"INFERENCE_MAX_CONCURRENT_PER_MODEL": str(engines)}
-    front, url = start_front(service, **extra)
+    stack.callback(clean_prefix, cfg.redis_url, cfg.prefix)
+    front, url = start_front(service)
+    stack.callback(front.stop)
+    worker = start_worker(service, cfg.model, front_url=url)
+    stack.callback(worker.stop)
+    pids = {"front": front.pid, "worker": worker.pid}
+    contenders.append(http_contender("c", "(c) this service", url, cfg, pids=pids, usage=True))
+    if tools is not None:
+        server, url = start_llama_server(
+            tools.server, model_path, threads=cfg.threads, n_ctx=cfg.n_ctx, slots=cfg.concurrency, log_dir=cfg.log_dir
+        )
+        stack.callback(server.stop)
+        label = f"(d) llama-server -np {cfg.concurrency}"
+        contenders.append(http_contender("d", label, url, cfg, pids={"server": server.pid}, usage=True))
+    return contenders
+
+
+def four_engines(cfg: BenchConfig, log: Callable[[str], None]) -> SystemRuns:
+    """The service with one worker holding `concurrency` engines: its only way to run requests at once."""
+    service = cfg.service()
+    extra = {"INFERENCE_MAX_CONCURRENT_PER_MODEL": str(cfg.concurrency)}
+    result = SystemRuns(key="c4", label=f"(c) this service, {cfg.concurrency} engines")
     try:
+        front, url = start_front(service, **extra)
         with running(front):
             worker = start_worker(service, cfg.model, front_url=url, **extra)
             with running(worker):
-                key, label = (
-                    ("c", "(c) this service") if engines == 1 else ("c4", f"(c) this service, {engines} engines")
+                contender = http_contender(
+                    "c4", result.label, url, cfg, pids={"front": front.pid, "worker": worker.pid}, usage=True
                 )
-                return asyncio.run(
-                    _drive_http(key, label, url, cfg, usage=True, poisson_rate=poisson_rate, sequential=sequential)
-                )
+
+                async def drive() -> None:
+                    async with loadgen.client() as http:
+                        send_for = contender.make(http)
+                        await send_for(-1)(0)
+                        wait_for_quiet(log=log)
+                        log(f"{result.label}: {cfg.concurrency} concurrent ...")
+                        await _load(result, send_for, contender.pids, cfg, poisson_rate=None)
+
+                asyncio.run(drive())
     finally:
         clean_prefix(cfg.redis_url, cfg.prefix)
-
-
-def llama_server(
-    cfg: BenchConfig, tools: ceilings.LlamaTools, model_path: Path, *, poisson_rate: float | None
-) -> SystemRuns:
-    server, url = start_llama_server(
-        tools.server, model_path, threads=cfg.threads, n_ctx=cfg.n_ctx, slots=cfg.concurrency, log_dir=cfg.log_dir
-    )
-    with running(server):
-        label = f"(d) llama-server -np {cfg.concurrency}"
-        return asyncio.run(_drive_http("d", label, url, cfg, usage=True, poisson_rate=poisson_rate))
+    return result
 
 
 def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = print) -> LlmResults:
-    systems: dict[str, SystemRuns] = {}
-    log("(a) llama-cpp-python in-process ...")
-    systems["a"] = in_process(cfg, model_path)
-    floor = systems["a"].sequential
-    poisson_rate = cfg.poisson_rate or (0.6 * floor.requests_per_s if floor else 0.5)
-    log(f"(b) llama_cpp.server ... (Poisson at {poisson_rate:.2f} req/s)")
-    systems["b"] = llama_cpp_server(cfg, model_path, poisson_rate=poisson_rate)
-    log("(c) this service ...")
-    systems["c"] = this_service(cfg, poisson_rate=poisson_rate)
-    if cfg.four_engines:
-        log(f"(c) this service with {cfg.concurrency} engines ...")
-        systems["c4"] = this_service(cfg, poisson_rate=None, engines=cfg.concurrency, sequential=False)
-    results = LlmResults(systems=systems, libllama_batched={})
     tools = ceilings.LlamaTools.find()
-    sequences = (1, cfg.concurrency)
     if tools is None:
         log(ceilings.SKIP_LINE)
+    log("starting (a) in-process, (b) llama_cpp.server, (c) front + worker" + (", (d) llama-server" if tools else ""))
+    with contextlib.ExitStack() as stack:
+        contenders = _start_all(stack, cfg, model_path, tools)
+        systems = asyncio.run(measure(contenders, cfg, log))
+    results = LlmResults(systems=systems, libllama_batched={})
+    if cfg.four_engines:
+        systems["c4"] = four_engines(cfg, log)
+    sequences = (1, cfg.concurrency)
+    if tools is None:
         results.tools_note = ceilings.SKIP_LINE
         systems["d"] = SystemRuns(key="d", label=f"(d) llama-server -np {cfg.concurrency}", skipped=ceilings.SKIP_LINE)
     else:
-        log(f"(d) llama-server from {tools.server} ...")
-        systems["d"] = llama_server(cfg, tools, model_path, poisson_rate=poisson_rate)
+        wait_for_quiet(log=log)
+        log("llama-batched-bench and llama-bench ...")
         results.batched_bench = ceilings.run_batched_bench(
             tools, model_path, threads=cfg.threads, sequences=sequences, prompt=32, generate=cfg.max_tokens
         )
         results.llama_bench_tg = ceilings.run_llama_bench(
             tools, model_path, threads=cfg.threads, generate=cfg.max_tokens
         )
+    wait_for_quiet(log=log)
     log("libllama batched decode (llama-batched-bench's method, in-process) ...")
     results.libllama_batched = ceilings.libllama_batched_decode(
         model_path, threads=cfg.threads, sequences=sequences, prompt=32, generate=cfg.max_tokens

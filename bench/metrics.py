@@ -110,11 +110,19 @@ class RunSummary:
         return self.ok / self.duration_s if self.duration_s > 0 else math.nan
 
 
-def summarize(records: Iterable[RequestRecord]) -> RunSummary:
+def summarize(records: Iterable[RequestRecord], *, serial: bool = False, duration_s: float | None = None) -> RunSummary:
+    """`serial`: the requests ran one at a time but not back to back (interleaved with other
+    systems'), so the run's duration is the sum of their latencies, not first send to last end.
+    `duration_s`: the run's duration where the caller knows it (a run taken in blocks)."""
     records = list(records)
     good = [r for r in records if r.ok]
-    # From the first send, failed requests included, to the last successful end.
-    duration = max(r.end for r in good) - min(r.sent for r in records) if good else 0.0
+    if duration_s is not None:
+        duration = duration_s
+    elif serial:
+        duration = sum(r.end - r.sent for r in records)
+    else:
+        # From the first send, failed requests included, to the last successful end.
+        duration = max(r.end for r in good) - min(r.sent for r in records) if good else 0.0
     tpots = [t for r in good if (t := r.tpot_ms) is not None]
     return RunSummary(
         ok=len(good),
@@ -126,6 +134,23 @@ def summarize(records: Iterable[RequestRecord]) -> RunSummary:
         latency=Spread.of([r.latency_ms for r in good]),
         output_tokens=sum(r.output_tokens for r in good),
     )
+
+
+def paired_ttft_overheads(base: Sequence[RequestRecord], other: Sequence[RequestRecord]) -> list[float]:
+    """TTFT of `other` minus `base`, request by request (the same prompt, sent back to back).
+
+    Pairing cancels what both share (the prompt's prefill, a slow spell of the machine),
+    which differences of separately taken percentiles do not.
+    """
+    return [o.ttft_ms - b.ttft_ms for b, o in zip(base, other, strict=True) if b.ok and o.ok]
+
+
+def paired_tpot_ratios(base: Sequence[RequestRecord], other: Sequence[RequestRecord]) -> list[float]:
+    return [
+        o_tpot / b_tpot
+        for b, o in zip(base, other, strict=True)
+        if b.ok and o.ok and (b_tpot := b.tpot_ms) and (o_tpot := o.tpot_ms) is not None
+    ]
 
 
 def ratio(numerator: float, denominator: float) -> float:

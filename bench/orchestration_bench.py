@@ -21,6 +21,7 @@ import redis
 
 from bench import loadgen
 from bench.config import BenchConfig
+from bench.cpu import CpuMeter, CpuUse, wait_for_quiet
 from bench.procs import clean_prefix, start_front, start_worker
 from bench.prompts import DEBATE_PROMPT, chat_body
 from worker.keys import Keys
@@ -48,6 +49,7 @@ class DebateRound:
 class OrchestrationResults:
     solo_ms: dict[str, list[float]]
     rounds: list[DebateRound]
+    cpu: CpuUse | None = None
 
     @property
     def slower(self) -> str:
@@ -98,7 +100,8 @@ async def _wait_idle(cfg: BenchConfig, *, timeout_s: float = 60) -> None:
         client.close()
 
 
-async def _drive(url: str, cfg: BenchConfig) -> OrchestrationResults:
+async def _drive(url: str, cfg: BenchConfig, pids: dict[str, int]) -> OrchestrationResults:
+    meter = CpuMeter(pids)
     async with loadgen.client() as http:
         solo: dict[str, list[float]] = {}
         for model in cfg.debate_models:
@@ -119,18 +122,22 @@ async def _drive(url: str, cfg: BenchConfig) -> OrchestrationResults:
                 raise RuntimeError(f"debate: {found.error}")
             rounds.append(found)
             await _wait_idle(cfg)
-        return OrchestrationResults(solo_ms=solo, rounds=rounds)
+        return OrchestrationResults(solo_ms=solo, rounds=rounds, cpu=meter.stop())
 
 
 def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> OrchestrationResults:
     service = cfg.service()
+    wait_for_quiet(log=log)
     log(f"debate round 1 over {', '.join(cfg.debate_models)} ...")
     try:
         with contextlib.ExitStack() as stack:
             front, url = start_front(service)
             stack.callback(front.stop)
+            pids = {"front": front.pid}
             for model in cfg.debate_models:
-                stack.callback(start_worker(service, model, front_url=url).stop)
-            return asyncio.run(_drive(url, cfg))
+                worker = start_worker(service, model, front_url=url)
+                stack.callback(worker.stop)
+                pids[model] = worker.pid
+            return asyncio.run(_drive(url, cfg, pids))
     finally:
         clean_prefix(cfg.redis_url, cfg.prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,19 @@ class Service:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the finally blocks stop every process this run started.
+
+    A run in the background of a non-interactive shell ignores SIGINT, so SIGTERM is the
+    way to stop it, and Python's default for it would leave the services running.
+    """
+
+    def leave(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 def free_port() -> int:

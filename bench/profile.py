@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.metrics import summarize
-from bench.procs import Service, ServiceConfig, clean_prefix, running, start_front, start_worker
+from bench.procs import Service, ServiceConfig, clean_prefix, exit_on_sigterm, running, start_front, start_worker
 from bench.prompts import SEQUENTIAL, chat_body, prompt
 from bench.queue_overhead import NULL_PROMPT
 
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     from presets.settings import load_settings
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))

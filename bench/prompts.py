@@ -49,11 +49,13 @@ _TEMPLATES = (
     "Write a detailed, multi-paragraph explanation of {}.",
     "Explain {} to a curious student, in detail and with examples.",
     "Give a long, thorough account of {}.",
+    "Describe {} step by step, leaving nothing out.",
 )
 PROMPTS: tuple[str, ...] = tuple(template.format(topic) for template in _TEMPLATES for topic in _TOPICS)
 # Each load phase starts at its own offset, so no phase re-sends a prompt an earlier one
 # left in a server's prompt cache.
-SEQUENTIAL, CONCURRENT, POISSON = 0, len(_TOPICS), 2 * len(_TOPICS)
+# 32 prompts for the idle-system run, 64 for the concurrency blocks, 32 for Poisson arrivals.
+SEQUENTIAL, CONCURRENT, POISSON = 0, len(_TOPICS), 3 * len(_TOPICS)
 WARMUP_PROMPT = "Say hello and introduce yourself in two sentences."
 
 # The debate bench's question: open enough that both models write to max_tokens.

@@ -8,12 +8,13 @@ job handling, pub/sub and the SSE relay. The null engine called directly is the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bench import loadgen
 from bench.config import BenchConfig
+from bench.cpu import CpuMeter, CpuUse, wait_for_quiet
 from bench.inprocess import null_engine_direct_ms
 from bench.metrics import RunSummary, Spread, summarize
 from bench.procs import clean_prefix, running, start_front, start_worker
@@ -28,6 +29,7 @@ class NullLoad:
     label: str
     offered_rate: float | None
     summary: RunSummary
+    cpu: CpuUse
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +38,7 @@ class QueueResults:
     loads: list[NullLoad]
 
 
-async def _drive(url: str, cfg: BenchConfig, log: Callable[[str], None]) -> list[NullLoad]:
+async def _drive(url: str, cfg: BenchConfig, pids: Mapping[str, int], log: Callable[[str], None]) -> list[NullLoad]:
     async with loadgen.client(timeout_s=60) as http:
 
         def body(_: int) -> dict[str, Any]:
@@ -46,26 +48,31 @@ async def _drive(url: str, cfg: BenchConfig, log: Callable[[str], None]) -> list
         # Warm-up: connections, the worker's first jobs, the front's first routes.
         await loadgen.fixed_concurrency(send, requests=20, concurrency=1)
         loads = []
+        meter = CpuMeter(pids)
         run = await loadgen.fixed_concurrency(send, requests=cfg.null_sequential, concurrency=1)
-        loads.append(NullLoad(label="sequential (idle)", offered_rate=None, summary=summarize(run.records)))
+        summary = summarize(run.records)
+        loads.append(NullLoad(label="sequential (idle)", offered_rate=None, summary=summary, cpu=meter.stop()))
         for rate in cfg.null_rates:
             log(f"  Poisson {rate:g} req/s for {cfg.null_seconds:g}s ...")
             requests = max(int(rate * cfg.null_seconds), 1)
+            meter = CpuMeter(pids)
             run = await loadgen.poisson(send, rate=rate, requests=requests, seed=cfg.seed)
-            loads.append(NullLoad(label=f"Poisson {rate:g}/s", offered_rate=rate, summary=summarize(run.records)))
+            summary = summarize(run.records)
+            loads.append(NullLoad(label=f"Poisson {rate:g}/s", offered_rate=rate, summary=summary, cpu=meter.stop()))
         return loads
 
 
 def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> QueueResults:
     direct = Spread.of(null_engine_direct_ms(calls=2000, max_tokens=cfg.null_max_tokens, content=NULL_PROMPT))
     service = cfg.service()
+    wait_for_quiet(log=log)
     log("null worker: sequential, then Poisson ...")
     front, url = start_front(service)
     try:
         with running(front):
             worker = start_worker(service, cfg.model, front_url=url, INFERENCE_BACKEND="null")
             with running(worker):
-                loads = asyncio.run(_drive(url, cfg, log))
+                loads = asyncio.run(_drive(url, cfg, {"front": front.pid, "worker": worker.pid}, log))
     finally:
         clean_prefix(cfg.redis_url, cfg.prefix)
     return QueueResults(direct=direct, loads=loads)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import llm_compare, orchestration_bench, queue_overhead
 from bench.config import BenchConfig
-from bench.procs import ROOT, clean_prefix
+from bench.procs import ROOT, clean_prefix, exit_on_sigterm
 from bench.report import Results, load_average, render
 
 SECTIONS = ("llm", "queue", "orchestration")
@@ -66,6 +66,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     cfg = config_from(args)
     command = shlex.join([".venv/bin/python", "-m", "bench.run_all", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
