@@ -94,7 +94,12 @@ class FleetService:
         if in_use + needed <= budget:
             return
         served = view.served()
-        idle = [m for m, workers in served.items() if all(w.running == 0 for w in workers)]
+        # The running hashes, not the workers' heartbeat fields: they change with every job.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for model in served:
+                pipe.hlen(self._keys.running(model))
+            running = await pipe.execute()
+        idle = [m for m, jobs in zip(served, running, strict=True) if not jobs]
         if not self._settings.evict_lru:
             raise Conflict(
                 f"Loading {model} needs {needed} MB but {in_use} of the {budget} MB budget is in use; "
