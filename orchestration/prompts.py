@@ -31,21 +31,30 @@ def _follow_up(conversation: Sequence[Message], previous: str | None, instructio
     return turns
 
 
-def critique(conversation: Sequence[Message], answer: str) -> list[Message]:
+def _judge(system: str, conversation: Sequence[Message], *, label: str, answer: str, task: str) -> list[Message]:
+    """A reviewer's prompt: the conversation, the answer under review, what to write back."""
     return [
-        Message(role="system", content="You are a strict reviewer. You judge answers; you do not rewrite them."),
+        Message(role="system", content=system),
         Message(
             role="user",
-            content=(
-                f"Conversation:\n{transcript(conversation)}\n\n"
-                f"Answer to review:\n{answer.strip()}\n\n"
-                "List the concrete problems of this answer as short bullet points: errors, "
-                "hallucinations, missing cases, unclear parts. Write 'None' if there are none.\n"
-                "Then end with one line exactly in this format, N a whole number from 0 to 10:\n"
-                "SCORE: N/10"
-            ),
+            content=f"Conversation:\n{transcript(conversation)}\n\n{label}:\n{answer.strip()}\n\n{task}",
         ),
     ]
+
+
+def critique(conversation: Sequence[Message], answer: str) -> list[Message]:
+    return _judge(
+        "You are a strict reviewer. You judge answers; you do not rewrite them.",
+        conversation,
+        label="Answer to review",
+        answer=answer,
+        task=(
+            "List the concrete problems of this answer as short bullet points: errors, "
+            "hallucinations, missing cases, unclear parts. Write 'None' if there are none.\n"
+            "Then end with one line exactly in this format, N a whole number from 0 to 10:\n"
+            "SCORE: N/10"
+        ),
+    )
 
 
 def revise(conversation: Sequence[Message], answer: str, review: str) -> list[Message]:
@@ -98,20 +107,18 @@ def refine(conversation: Sequence[Message], draft: str) -> list[Message]:
 
 
 def validate(conversation: Sequence[Message], answer: str) -> list[Message]:
-    return [
-        Message(role="system", content="You are a careful validator. You check answers; you do not rewrite them."),
-        Message(
-            role="user",
-            content=(
-                f"Conversation:\n{transcript(conversation)}\n\n"
-                f"Answer to validate:\n{answer.strip()}\n\n"
-                "Check that the answer is correct, complete and answers the request. End with one line:\n"
-                "VERDICT: PASS\n"
-                "or, if anything must change:\n"
-                "VERDICT: FAIL followed by the reasons, one per line."
-            ),
+    return _judge(
+        "You are a careful validator. You check answers; you do not rewrite them.",
+        conversation,
+        label="Answer to validate",
+        answer=answer,
+        task=(
+            "Check that the answer is correct, complete and answers the request. End with one line:\n"
+            "VERDICT: PASS\n"
+            "or, if anything must change:\n"
+            "VERDICT: FAIL followed by the reasons, one per line."
         ),
-    ]
+    )
 
 
 def fix(conversation: Sequence[Message], answer: str, reasons: str) -> list[Message]:
