@@ -21,9 +21,10 @@ import redis
 
 from bench import loadgen
 from bench.config import BenchConfig
-from bench.cpu import CpuMeter, CpuUse, wait_for_quiet
+from bench.cpu import CpuUse, combined, unskewed, wait_for_quiet
+from bench.metrics import RequestRecord
 from bench.procs import clean_prefix, start_front, start_worker
-from bench.prompts import DEBATE_PROMPT, chat_body
+from bench.prompts import DEBATE_PROMPTS, chat_body
 from worker.keys import Keys
 
 _STEP = re.compile(r"^: step (debate\.r1\.m\d+) (started|finished) on (\S+)")
@@ -64,8 +65,8 @@ class OrchestrationResults:
         return self.round_ms / statistics.median(self.solo_ms[self.slower])
 
 
-async def _debate_round(http: httpx.AsyncClient, url: str, cfg: BenchConfig) -> DebateRound:
-    body = chat_body("auto", DEBATE_PROMPT, max_tokens=cfg.max_tokens, orchestration_mode="debate")
+async def _debate_round(http: httpx.AsyncClient, url: str, cfg: BenchConfig, question: str) -> DebateRound:
+    body = chat_body("auto", question, max_tokens=cfg.max_tokens, orchestration_mode="debate")
     found = DebateRound()
     participants = len(cfg.debate_models)
     async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -100,29 +101,54 @@ async def _wait_idle(cfg: BenchConfig, *, timeout_s: float = 60) -> None:
         client.close()
 
 
-async def _drive(url: str, cfg: BenchConfig, pids: dict[str, int]) -> OrchestrationResults:
-    meter = CpuMeter(pids)
+async def _drive(url: str, cfg: BenchConfig, pids: dict[str, int], log: Callable[[str], None]) -> OrchestrationResults:
+    chat_url = url + "/v1/chat/completions"
     async with loadgen.client() as http:
-        solo: dict[str, list[float]] = {}
-        for model in cfg.debate_models:
-            warm = await loadgen.stream_chat(http, url + "/v1/chat/completions", chat_body(model, "Hi.", max_tokens=8))
-            if warm.error:
-                raise RuntimeError(f"{model}: warm-up failed: {warm.error}")
-            body = chat_body(model, DEBATE_PROMPT, max_tokens=cfg.max_tokens)
-            solo[model] = []
-            for _ in range(cfg.debate_repeats):
-                record = await loadgen.stream_chat(http, url + "/v1/chat/completions", body)
+
+        async def flush(models: tuple[str, ...]) -> None:
+            # A redo must not find its prompt in the worker's cache: put another one there.
+            for model in models:
+                warm = await loadgen.stream_chat(http, chat_url, chat_body(model, "Hi.", max_tokens=8))
+                if warm.error:
+                    raise RuntimeError(f"{model}: warm-up failed: {warm.error}")
+
+        await flush(cfg.debate_models)
+        solo: dict[str, list[float]] = {model: [] for model in cfg.debate_models}
+        uses = []
+        for index in range(cfg.debate_repeats):
+            for model in cfg.debate_models:
+                body = chat_body(model, debate_prompt(index), max_tokens=cfg.max_tokens)
+
+                async def alone(attempt: int, model: str = model, body: dict[str, object] = body) -> RequestRecord:
+                    if attempt > 1:
+                        await flush((model,))
+                    return await loadgen.stream_chat(http, chat_url, body)
+
+                record, use = await unskewed(alone, pids=pids, what=f"{model} alone", log=log)
                 if record.error:
                     raise RuntimeError(f"{model}: {record.error}")
                 solo[model].append(record.latency_ms)
+                uses.append(use)
         rounds = []
-        for _ in range(cfg.debate_repeats):
-            found = await _debate_round(http, url, cfg)
+        for index in range(cfg.debate_repeats):
+
+            async def debate(attempt: int, index: int = index) -> DebateRound:
+                if attempt > 1:
+                    await flush(cfg.debate_models)
+                found = await _debate_round(http, url, cfg, debate_prompt(cfg.debate_repeats + index))
+                await _wait_idle(cfg)
+                return found
+
+            found, use = await unskewed(debate, pids=pids, what="debate round", log=log)
             if found.error:
                 raise RuntimeError(f"debate: {found.error}")
             rounds.append(found)
-            await _wait_idle(cfg)
-        return OrchestrationResults(solo_ms=solo, rounds=rounds, cpu=meter.stop())
+            uses.append(use)
+        return OrchestrationResults(solo_ms=solo, rounds=rounds, cpu=combined(uses))
+
+
+def debate_prompt(index: int) -> str:
+    return DEBATE_PROMPTS[index % len(DEBATE_PROMPTS)]
 
 
 def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> OrchestrationResults:
@@ -138,6 +164,6 @@ def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> Orchestratio
                 worker = start_worker(service, model, front_url=url)
                 stack.callback(worker.stop)
                 pids[model] = worker.pid
-            return asyncio.run(_drive(url, cfg, pids))
+            return asyncio.run(_drive(url, cfg, pids, log))
     finally:
         clean_prefix(cfg.redis_url, cfg.prefix)

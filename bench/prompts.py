@@ -58,8 +58,23 @@ PROMPTS: tuple[str, ...] = tuple(template.format(topic) for template in _TEMPLAT
 SEQUENTIAL, CONCURRENT, POISSON = 0, len(_TOPICS), 3 * len(_TOPICS)
 WARMUP_PROMPT = "Say hello and introduce yourself in two sentences."
 
-# The debate bench's question: open enough that both models write to max_tokens.
-DEBATE_PROMPT = "Explain in detail why the sky is blue, step by step."
+# The debate bench's questions: open enough that both models write to max_tokens. Each
+# request gets its own, so no worker answers from a prompt it still holds in its cache.
+DEBATE_PROMPTS = tuple(
+    f"Explain in detail, step by step, {question}"
+    for question in (
+        "why the sky is blue.",
+        "how a rainbow forms.",
+        "why ice floats on water.",
+        "how plants turn sunlight into food.",
+        "why we have day and night.",
+        "how a thermometer measures temperature.",
+        "why metal feels colder than wood.",
+        "how sound travels through air.",
+        "why bread goes stale.",
+        "how a magnet attracts iron.",
+    )
+)
 
 
 def prompt(index: int) -> str:

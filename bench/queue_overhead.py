@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.config import BenchConfig
-from bench.cpu import CpuMeter, CpuUse, wait_for_quiet
+from bench.cpu import CpuUse, unskewed, wait_for_quiet
 from bench.inprocess import null_engine_direct_ms
 from bench.metrics import RunSummary, Spread, summarize
 from bench.procs import clean_prefix, running, start_front, start_worker
@@ -48,17 +48,22 @@ async def _drive(url: str, cfg: BenchConfig, pids: Mapping[str, int], log: Calla
         # Warm-up: connections, the worker's first jobs, the front's first routes.
         await loadgen.fixed_concurrency(send, requests=20, concurrency=1)
         loads = []
-        meter = CpuMeter(pids)
-        run = await loadgen.fixed_concurrency(send, requests=cfg.null_sequential, concurrency=1)
-        summary = summarize(run.records)
-        loads.append(NullLoad(label="sequential (idle)", offered_rate=None, summary=summary, cpu=meter.stop()))
+
+        async def one_at_a_time(_: int) -> loadgen.Run:
+            return await loadgen.fixed_concurrency(send, requests=cfg.null_sequential, concurrency=1)
+
+        run, use = await unskewed(one_at_a_time, pids=pids, what="null path, sequential", log=log)
+        loads.append(NullLoad(label="sequential (idle)", offered_rate=None, summary=summarize(run.records), cpu=use))
         for rate in cfg.null_rates:
             log(f"  Poisson {rate:g} req/s for {cfg.null_seconds:g}s ...")
-            requests = max(int(rate * cfg.null_seconds), 1)
-            meter = CpuMeter(pids)
-            run = await loadgen.poisson(send, rate=rate, requests=requests, seed=cfg.seed)
+
+            async def arrivals(_: int, rate: float = rate) -> loadgen.Run:
+                requests = max(int(rate * cfg.null_seconds), 1)
+                return await loadgen.poisson(send, rate=rate, requests=requests, seed=cfg.seed)
+
+            run, use = await unskewed(arrivals, pids=pids, what=f"null path, Poisson {rate:g}/s", log=log)
             summary = summarize(run.records)
-            loads.append(NullLoad(label=f"Poisson {rate:g}/s", offered_rate=rate, summary=summary, cpu=meter.stop()))
+            loads.append(NullLoad(label=f"Poisson {rate:g}/s", offered_rate=rate, summary=summary, cpu=use))
         return loads
 
 

@@ -317,6 +317,10 @@ def notes(cfg: BenchConfig) -> Iterator[str]:
         f"max_tokens {cfg.null_max_tokens}; admission control is lifted so overload shows as latency, not 429s."
     )
     yield (
+        "Each run waits for the machine to be quiet; a phase (or an idle-system round) during which other "
+        "processes used more than 0.15 cores is redone after a quiet spell, up to 3 tries."
+    )
+    yield (
         "Goals 1 and 2 pair each request with (a)'s request for the same prompt, sent right before or after it: "
         "the percentiles of those per-prompt differences and ratios are immune to the drift of this VM's speed "
         "over a run, which can reach 20% between phases."
