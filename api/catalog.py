@@ -74,9 +74,6 @@ class Catalog:
         loading |= {w.model for w in workers if w.state == "loading"}
         return FleetView(workers=tuple(workers), loading=frozenset(loading))
 
-    async def served_models(self) -> dict[str, list[WorkerInfo]]:
-        return (await self.view()).served()
-
     async def check_known(self, requested: str) -> None:
         """A model id, role or `auto` this service knows; ModelNotFound otherwise."""
         try:

@@ -98,6 +98,8 @@ class Presence:
             pipe.hset(key, mapping=self._fields)
             pipe.pexpire(key, self._ttl_ms)
             pipe.zadd(self._keys.workers, {self.member: expires_ms})
+            # Entries of workers that died without leaving; any live worker sweeps them.
+            pipe.zremrangebyscore(self._keys.workers, "-inf", expires_ms - 2 * self._ttl_ms)
             await pipe.execute()
 
     async def start(self, **fields: str | int) -> None:
@@ -150,14 +152,3 @@ async def read_fleet(
     found, markers = await script(keys=[keys.workers, *loading_keys], args=[now_ms, keys.worker("", "")[:-1]])
     workers = [WorkerInfo.from_hash(dict(zip(fields[::2], fields[1::2], strict=True))) for fields in found]
     return workers, [bool(flag) for flag in markers]
-
-
-async def live_workers(redis: Redis, *, keys: Keys) -> list[WorkerInfo]:
-    """Every worker whose heartbeat is current."""
-    workers, _ = await read_fleet(redis, keys=keys)
-    return workers
-
-
-async def prune_dead(redis: Redis, *, keys: Keys) -> int:
-    now_ms = int(time.time() * 1000)
-    return int(await redis.zremrangebyscore(keys.workers, "-inf", now_ms - 1))
