@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import redis
 
 from bench.procs import ServiceConfig, clean_prefix, exit_on_sigterm, running, start_front, start_worker
 from bench.prompts import chat_body, prompt
@@ -54,33 +53,35 @@ def redis_ports(pids: dict[int, str]) -> dict[str, str]:
 
 
 class Monitor:
-    """Every command on the benchmark's Redis DB, from a background thread."""
+    """Every command on the benchmark's Redis DB, as `redis-cli monitor` prints them.
 
-    def __init__(self, redis_url: str, ports: dict[str, str], db: int) -> None:
-        self._client = redis.Redis.from_url(redis_url)
+    A separate process, not a thread here: parsing the monitor stream in this process
+    would hold the GIL just when the client reads the answer it times.
+    """
+
+    _LINE = re.compile(r"^(\d+\.\d+) \[(\d+) ([^\]]+)\] (.*)$")
+
+    def __init__(self, redis_url: str, ports: dict[str, str], db: int, out: Path) -> None:
         self._ports = ports
         self._db = db
+        self._out = out
+        with out.open("wb") as handle:
+            argv = ["redis-cli", "-u", redis_url.rsplit("/", 1)[0], "monitor"]
+            self._process = subprocess.Popen(argv, stdout=handle)
+        time.sleep(0.5)  # until it is subscribed to the command stream
         self.commands: list[Command] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _run(self) -> None:
-        with self._client.monitor() as monitor:
-            self._ready.set()
-            while not self._stop.is_set():
-                found = monitor.next_command()
-                if found.get("db") != self._db:
-                    continue
-                who = self._ports.get(str(found.get("client_port")), found.get("client_type", "?"))
-                self.commands.append(Command(at=float(found["time"]), who=who, text=_short(found["command"])))
 
     def stop(self) -> None:
-        self._stop.set()
-        self._client.ping()  # one more command unblocks the reader
-        self._thread.join(timeout=5)
+        self._process.terminate()
+        self._process.wait(timeout=5)
+        for line in self._out.read_text(errors="replace").splitlines():
+            match = self._LINE.match(line)
+            if match is None or int(match.group(2)) != self._db:
+                continue
+            at, _, client, command = match.groups()
+            port = client.rsplit(":", 1)[-1]
+            who = self._ports.get(port, "lua" if client == "lua" else "?")
+            self.commands.append(Command(at=float(at), who=who, text=_short(command.replace('"', ""))))
 
 
 def _short(command: str) -> str:
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 for index in range(5):
                     _send(http, url, body(90 + index))
-                monitor = Monitor(args.redis_url, redis_ports({front.pid: "front", worker.pid: "worker"}), db)
+                ports = redis_ports({front.pid: "front", worker.pid: "worker"})
+                monitor = Monitor(args.redis_url, ports, db, config.log_dir / "monitor.txt")
                 for index in range(args.requests):
                     requests.append(_send(http, url, body(index)))
                     time.sleep(0.05)  # keeps each request's commands apart
