@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from arq.connections import ArqRedis
 from fastapi import FastAPI
-from redis.asyncio import ConnectionPool
 
 from api.admission import Admission
 from api.catalog import Catalog
@@ -20,6 +19,8 @@ from api.fleet import FleetService
 from api.model_cards import ModelCards
 from api.queue_view import QueueView
 from api.routes import chat, health, models, queue
+from api.security import install_guards
+from api.server import server_options
 from api.service import ChatService
 from presets.errors import PresetsError
 from presets.registry import registry_from_settings
@@ -27,6 +28,7 @@ from presets.settings import Settings, load_settings
 from presets.validation import validate_active
 from worker.keys import Keys
 from worker.protocol import arq_deserialize, arq_serialize
+from worker.redis_client import create_pool
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = ArqRedis(
-            ConnectionPool.from_url(settings.redis_url),
+            create_pool(settings.redis_url, role="front"),
             job_serializer=arq_serialize,
             job_deserializer=arq_deserialize,
         )
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="inference-service", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_guards(app, settings)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
@@ -87,4 +90,6 @@ def main() -> None:
     except PresetsError as exc:
         print(f"front: {exc}", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), **server_options(settings)
+    )

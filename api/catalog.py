@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from api.auto_route import AutoRouter
-from api.errors import ModelNotFound, ModelUnavailable
+from api.errors import ContextLengthExceeded, ModelNotFound, ModelUnavailable
 from presets.active import ActiveConfig
 from presets.errors import ModelNotLoadedError, UnknownModelError
 from presets.registry import Registry
@@ -29,6 +29,8 @@ class FleetView:
 
     workers: tuple[WorkerInfo, ...]
     loading: frozenset[str]
+    # Models the fleet gave up starting -> why (see worker.fleet).
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
     def served(self) -> dict[str, list[WorkerInfo]]:
         served: dict[str, list[WorkerInfo]] = {}
@@ -67,12 +69,20 @@ class Catalog:
 
     async def view(self) -> FleetView:
         models = self.registry.model_ids()
-        workers, markers = await read_fleet(
-            self._redis, keys=self._keys, loading_keys=[self._keys.loading(m) for m in models]
-        )
-        loading = {m for m, marker in zip(models, markers, strict=True) if marker}
+        markers_of = [self._keys.loading(m) for m in models] + [self._keys.unavailable(m) for m in models]
+        workers, markers = await read_fleet(self._redis, keys=self._keys, loading_keys=markers_of)
+        loading = {m for m, marker in zip(models, markers[: len(models)], strict=True) if marker}
         loading |= {w.model for w in workers if w.state == "loading"}
-        return FleetView(workers=tuple(workers), loading=frozenset(loading))
+        given_up = [m for m, marker in zip(models, markers[len(models) :], strict=True) if marker]
+        unavailable: dict[str, str] = {}
+        if given_up:
+            # Rare, so its reasons cost a round trip only when some model has one.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model in given_up:
+                    pipe.hget(self._keys.unavailable(model), "reason")
+                reasons = await pipe.execute()
+            unavailable = {m: (r or b"").decode() for m, r in zip(given_up, reasons, strict=True) if r is not None}
+        return FleetView(workers=tuple(workers), loading=frozenset(loading), unavailable=unavailable)
 
     async def check_known(self, requested: str) -> None:
         """A model id, role or `auto` this service knows; ModelNotFound otherwise."""
@@ -109,7 +119,8 @@ class Catalog:
             except ModelNotLoadedError as exc:
                 waiting = exc.model_id in view.loading
                 if not waiting or (deadline is not None and time.monotonic() >= deadline):
-                    raise ModelUnavailable(_unavailable_message(exc.model_id, self.registry)) from None
+                    message = _unavailable_message(exc.model_id, self.registry, view.unavailable.get(exc.model_id))
+                    raise ModelUnavailable(message) from None
             await asyncio.sleep(_LOADING_POLL_S)
 
     async def _auto_route(self, requested: str, *, task_type: str | None, view: FleetView) -> str:
@@ -122,8 +133,26 @@ class Catalog:
         )
         return await self._auto.pick(role, candidates, roles=roles, workers=view.workers)
 
+    async def check_completion_limit(self, model: str, max_tokens: int | None) -> None:
+        """ContextLengthExceeded when `max_tokens` alone is more than the model's context holds.
 
-def _unavailable_message(name: str, registry: Registry) -> str:
+        The context is what the model's workers report (their n_ctx), else the registry's.
+        """
+        if max_tokens is None:
+            return
+        workers = (await self.view()).served().get(model, [])
+        context = max((w.context_length for w in workers), default=0) or self.registry.context_length(model)
+        if max_tokens > context:
+            raise ContextLengthExceeded(
+                f"max_tokens is {max_tokens}, more than the {context}-token context of `{model}` "
+                f"(which the prompt shares): ask for fewer than {context}.",
+                param="max_tokens",
+            )
+
+
+def _unavailable_message(name: str, registry: Registry, reason: str | None = None) -> str:
+    if reason is not None:
+        return f"The model `{name}` is unavailable: {reason}"
     if name in registry.model_ids():
         return f"The model `{name}` is not loaded on any worker right now; load it with POST /v1/models/{name}/load."
     return f"No loaded model has the role `{name}`."

@@ -8,7 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,59 @@ class ClientClosedRequest(ServiceError):
     code = "client_closed_request"
 
 
+class BrokerUnavailable(ServiceError):
+    """Redis does not answer: nothing can be queued or followed until it is back."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "broker_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The service's queue (Redis) is not reachable; retry shortly.", headers={"Retry-After": "2"}
+        )
+
+
+class EventsLost(ServiceError):
+    """The front missed part of the answer's events and cannot recover them."""
+
+    status = 502
+    type = "server_error"
+    code = "events_lost"
+
+
+class InvalidApiKey(ServiceError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, *, limit_bytes: int) -> None:
+        # The rest of the body stays unread on the socket: the connection cannot be reused.
+        super().__init__(
+            f"The request body is larger than the limit of {limit_bytes} bytes.", headers={"Connection": "close"}
+        )
+
+
+class BodyReadTimeout(ServiceError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, *, timeout_s: float) -> None:
+        super().__init__(
+            f"The request body did not arrive within {timeout_s:g} seconds.", headers={"Connection": "close"}
+        )
+
+
 class GenerationFailed(ServiceError):
     status = 500
     type = "server_error"
@@ -103,9 +160,48 @@ def error_for(*, code: str, message: str, status: int, param: str | None = None)
     return error
 
 
+_STATUS_MEANINGS = {
+    400: "Invalid request: a malformed body or a value out of range (`param` names it)",
+    401: "Missing or wrong API key (`invalid_api_key`)",
+    404: "Unknown model (`model_not_found`)",
+    408: "The request body did not arrive in time",
+    409: "Conflict: the load does not fit the memory budget",
+    413: "The request body is over the size limit",
+    429: "The service is full (`Retry-After`)",
+    499: "The client closed the connection; the request was cancelled",
+    500: "Unexpected server error",
+    502: "A worker could not process the job",
+    503: "No worker serves the model, or Redis is unreachable (`Retry-After`)",
+    504: "The request did not finish within its timeout",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these statuses, each an OpenAI error object."""
+    return {status: {"model": ErrorResponse, "description": _STATUS_MEANINGS[status]} for status in statuses}
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """The HTTP answer for a typed error (also an ASGI app, for middleware that answers early)."""
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+# Names pydantic gives the members of a union in an error's location; not fields of the request.
+_UNION_MEMBER_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_field(part: object) -> bool:
+    return isinstance(part, int) or (
+        isinstance(part, str) and part.isidentifier() and part not in _UNION_MEMBER_TAGS and part != "body"
+    )
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    errors = exc.errors()
+    # A value that fits no member of a union fails once per member: a broken limit says more
+    # than "not a string" from the member it was never meant for.
+    first = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0] if errors else {})
+    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     param = ".".join(location) or None
     message = str(first.get("msg", "Invalid request body"))
     if param:
@@ -116,7 +212,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -129,6 +225,13 @@ def install_error_handlers(app: FastAPI) -> None:
         error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _broker_down(_: Request, exc: Exception) -> JSONResponse:
+        logger.warning("Redis unreachable: %s", exc)
+        error = BrokerUnavailable()
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

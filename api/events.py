@@ -15,10 +15,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from api.errors import BrokerUnavailable
 from worker.listener import Listener
 from worker.protocol import Event, decode_event
 
 logger = logging.getLogger(__name__)
+
+_CONFIRM_WAIT_S = 1.5
 
 
 class EventHub:
@@ -67,7 +70,11 @@ class EventHub:
         try:
             async with self._lock:
                 await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(confirmed, timeout=5.0)
+            try:
+                await asyncio.wait_for(confirmed, timeout=_CONFIRM_WAIT_S)
+            except TimeoutError:
+                # The pub/sub connection is down (its listener is reconnecting).
+                raise BrokerUnavailable() from None
             yield inbox
         finally:
             self._inboxes.pop(channel, None)

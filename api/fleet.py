@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -12,6 +13,7 @@ from api.catalog import Catalog, FleetView
 from api.errors import Conflict, ModelNotFound, ModelUnavailable, RequestTimeout
 from presets.errors import UnknownModelError
 from presets.registry import Registry
+from worker.budget import in_use_by_host_mb, worker_memory_mb
 from worker.fleet_protocol import UNLOAD, FleetCommand, encode_command
 from worker.keys import Keys
 
@@ -27,16 +29,21 @@ class FleetService:
 
     def memory_mb(self, model: str) -> int:
         """What one worker of the model takes: weights, KV cache for its context, buffers."""
-        registry = self._catalog.registry
-        n_ctx = min(self._settings.n_ctx, registry.context_length(model))
-        copies = max(self._settings.max_concurrent_per_model, 1)
-        return registry.model(model).memory_estimate_mb(n_ctx=n_ctx) * copies
+        return worker_memory_mb(self._catalog.registry, self._settings, model)
 
-    def in_use_mb(self, view: FleetView) -> int:
+    def roomiest_host(self, view: FleetView) -> tuple[str | None, int]:
+        """The host with the least memory in use and that use (the budget is per host).
+
+        Models being started whose worker has not registered yet count on that host too:
+        where they will land is the supervisors' choice.
+        """
+        by_host = in_use_by_host_mb(self._catalog.registry, self._settings, view.workers)
         with_workers = {w.model for w in view.workers}
-        return sum(self.memory_mb(w.model) for w in view.workers) + sum(
-            self.memory_mb(m) for m in view.loading - with_workers
-        )
+        pending = sum(self.memory_mb(m) for m in view.loading - with_workers)
+        if not by_host:
+            return None, pending
+        host = min(by_host, key=lambda h: by_host[h])
+        return host, by_host[host] + pending
 
     def _known(self, model: str) -> None:
         try:
@@ -57,15 +64,19 @@ class FleetService:
                     param="model_id",
                 )
             await self._make_room(model, view)
-            receivers = await self._redis.publish(
-                self._keys.fleet, encode_command(FleetCommand(action="load", model=model))
-            )
+            command = FleetCommand(action="load", model=model, request_id=uuid.uuid4().hex)
+            # An explicit load asks again for a model the fleet gave up on; a new reason
+            # that shows up while we wait is this attempt's.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._keys.unavailable(model))
+                pipe.publish(self._keys.fleet, encode_command(command))
+                _, receivers = await pipe.execute()
             if not receivers:
                 raise ModelUnavailable(
                     "No fleet supervisor is running to start a worker; run `python -m worker.fleet`, "
                     f"or start one by hand: INFERENCE_WORKER_MODEL={model} arq worker.Settings"
                 )
-        await self._wait(lambda v: v.status(model) == "loaded", what=f"loading {model}")
+        await self._wait(lambda v: v.status(model) == "loaded", what=f"loading {model}", failed=model)
         return self._answer(model, "loaded")
 
     async def unload(self, model: str) -> dict[str, object]:
@@ -90,7 +101,7 @@ class FleetService:
     async def _make_room(self, model: str, view: FleetView) -> None:
         budget = self._settings.memory_budget_mb
         needed = self.memory_mb(model)
-        in_use = self.in_use_mb(view)
+        host, in_use = self.roomiest_host(view)
         if in_use + needed <= budget:
             return
         served = view.served()
@@ -111,7 +122,7 @@ class FleetService:
             if in_use + needed <= budget:
                 break
             await self._stop(victim)
-            in_use -= sum(self.memory_mb(w.model) for w in served[victim])
+            in_use -= sum(self.memory_mb(w.model) for w in served[victim] if w.host == host)
         if in_use + needed > budget:
             raise Conflict(
                 f"Loading {model} needs {needed} MB; even after evicting idle models {in_use} of the "
@@ -119,11 +130,15 @@ class FleetService:
                 param="model_id",
             )
 
-    async def _wait(self, done: Callable[[FleetView], bool], *, what: str) -> None:
+    async def _wait(self, done: Callable[[FleetView], bool], *, what: str, failed: str | None = None) -> None:
+        """Until `done`; ModelUnavailable as soon as the fleet gives up on the model `failed`."""
         deadline = time.monotonic() + self._settings.request_timeout_s
         while time.monotonic() < deadline:
-            if done(await self._catalog.view()):
+            view = await self._catalog.view()
+            if done(view):
                 return
+            if failed is not None and failed in view.unavailable:
+                raise ModelUnavailable(f"The model `{failed}` could not be loaded: {view.unavailable[failed]}")
             await asyncio.sleep(_POLL_S)
         raise RequestTimeout(f"Timed out {what}.")
 

@@ -14,7 +14,7 @@ from arq.connections import ArqRedis
 
 from api.admission import Admission
 from api.catalog import Catalog
-from api.errors import ClientClosedRequest, GenerationFailed, InvalidRequest, RequestTimeout, error_for
+from api.errors import ClientClosedRequest, EventsLost, GenerationFailed, InvalidRequest, RequestTimeout, error_for
 from api.events import EventHub
 from api.protocol import (
     ChatCompletion,
@@ -24,6 +24,7 @@ from api.protocol import (
     OrchestrationInfo,
     usage_of,
 )
+from api.watchdog import Followed, Watchdog
 from orchestration.errors import NotEnoughModels, UnknownMode
 from orchestration.start import start_dag, withdraw_dag
 from orchestration.team import Team
@@ -42,9 +43,12 @@ from worker.protocol import (
     Token,
 )
 from worker.queue import QueuePolicy, enqueue_chat, queue_position, withdraw
+from worker.recovery import Reaper
 
 T = TypeVar("T")
 _QUEUE_UPDATE_S = 1.0
+_WATCH_S = 1.0
+_CLOSE_WAIT_S = 0.5
 _DISCONNECT_POLL_S = 0.1
 
 
@@ -55,7 +59,15 @@ class Queued:
     position: int
 
 
-StreamEvent = Token | Finished | Progress | Summary | Queued
+@dataclass(frozen=True)
+class Restarted:
+    """The job runs again on another worker (its first died): forget the text so far.
+
+    Only a job whose client saw none of its text is run again, so a stream ignores this.
+    """
+
+
+StreamEvent = Token | Finished | Progress | Summary | Queued | Restarted
 
 
 @dataclass(kw_only=True)
@@ -77,6 +89,11 @@ class Submission:
     steps_completion_tokens: int = 0
     # Events that arrived while waiting for acceptance, handed out first by events().
     pending: list[Event] = field(default_factory=list)
+    # Events the watchdog recovered from Redis, handed out before new ones.
+    recovered: list[Event] = field(default_factory=list)
+    followed: Followed | None = None
+    # Steps (or, for a single job, workers' acceptances) seen so far: a repeat is a re-run.
+    starts: set[str] = field(default_factory=set)
     resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def next_event(self, *, wait_s: float | None = None) -> Event | None:
@@ -102,6 +119,9 @@ class ChatService:
         self._catalog = catalog
         self._admission = admission
         self._keys = Keys(prefix=settings.key_prefix)
+        self._watchdog = Watchdog(redis, keys=self._keys, reaper=Reaper(redis, keys=self._keys))
+        # Closing tasks run to the end even when the request's task is cancelled again.
+        self._closing: set[asyncio.Task[None]] = set()
         self._policy = QueuePolicy(
             strategy=settings.queue_strategy if settings.priority_enabled else "fifo",
             ageing_s=settings.priority_ageing_s,
@@ -115,6 +135,8 @@ class ChatService:
             top_p=1.0 if request.top_p is None else request.top_p,
             stop=request.stop_list(),
             seed=request.seed,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            presence_penalty=request.presence_penalty or 0.0,
         )
         return ChatJob(
             request_id=request_id,
@@ -128,6 +150,7 @@ class ChatService:
             deadline_ms=deadline_ms,
             task_type=request.task_type,
             orchestration_mode=request.orchestration_mode,
+            stream=request.stream,
         )
 
     async def _team(self, mode: str) -> Team:
@@ -160,6 +183,7 @@ class ChatService:
             model: str = mode
         else:
             model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
+            await self._catalog.check_completion_limit(model, request.completion_limit())
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         job = self._job_for(request, request_id=request_id, model=model, deadline_ms=deadline_ms)
         resources = contextlib.AsyncExitStack()
@@ -178,6 +202,7 @@ class ChatService:
             inbox=inbox,
             dag=orchestrated,
             resources=resources,
+            followed=Followed(request_id=request_id, model=model, dag=orchestrated),
         )
         try:
             if orchestrated:
@@ -221,6 +246,8 @@ class ChatService:
             raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
         if isinstance(event, Accepted):
             submission.accepted = event
+            if not submission.dag:
+                submission.starts.add("job")
         else:
             # Anything else also means a worker took the job; keep it for events().
             submission.pending.append(event)
@@ -241,15 +268,45 @@ class ChatService:
             raise InvalidRequest(str(exc), param="orchestration_mode") from None
 
     async def _next(self, submission: Submission, *, wait_s: float | None = None) -> Event | None:
-        try:
-            return await submission.next_event(wait_s=wait_s)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The request did not finish within {self._settings.request_timeout_s:g} seconds."
-            ) from None
+        """The next event; None when `wait_s` passed first. Each second of silence the
+        watchdog looks at the job in Redis, so a lost event or a dead worker never
+        leaves the request waiting for its deadline."""
+        give_up = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            if submission.recovered:
+                return submission.recovered.pop(0)
+            left = None if give_up is None else give_up - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            slice_s = _WATCH_S if left is None else min(left, _WATCH_S)
+            try:
+                event = await submission.next_event(wait_s=slice_s)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"The request did not finish within {self._settings.request_timeout_s:g} seconds."
+                ) from None
+            if event is not None:
+                return event
+            if slice_s >= _WATCH_S and submission.followed is not None:
+                submission.recovered.extend(await self._watchdog.check(submission.followed))
 
     async def close(self, submission: Submission) -> None:
-        """Stop following a submission; cancel its job unless it finished; free its slot."""
+        """Stop following a submission; cancel its job unless it finished; free its slot.
+
+        A client that disconnects cancels the request's task, perhaps more than once: the
+        cleanup runs as its own task, so a second cancellation cannot cut it short.
+        """
+        task = asyncio.ensure_future(self._close(submission))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        # It takes a millisecond; while Redis is down it keeps trying in the background
+        # rather than holding the client's error response back.
+        await asyncio.wait({task}, timeout=_CLOSE_WAIT_S)
+
+    async def _close(self, submission: Submission) -> None:
+        # The final event is kept for a front that missed it; this one is past needing it.
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self._keys.done(submission.request_id))
         if not submission.finished:
             ttl_s = int(self._settings.request_timeout_s) + 60
             cancel = (
@@ -264,8 +321,8 @@ class ChatService:
                 )
             )
             with contextlib.suppress(Exception):
-                await asyncio.shield(cancel)
-        await asyncio.shield(submission.resources.aclose())
+                await cancel
+        await submission.resources.aclose()
 
     async def events(self, submission: Submission) -> AsyncIterator[StreamEvent]:
         """Content events up to and including Finished; errors raise typed service errors.
@@ -285,7 +342,19 @@ class ChatService:
                 raise error_for(code=event.code, message=event.message, status=event.status, param=event.param)
             if isinstance(event, Accepted):
                 submission.accepted = event
+                # Every step of a DAG is accepted by some worker; a DAG's re-runs show as steps.
+                if not submission.dag and self._restarted(submission, "job"):
+                    yield Restarted()
                 continue
+            if (
+                isinstance(event, Progress)
+                and event.state == "started"
+                and submission.dag
+                and self._restarted(submission, f"step:{event.step}")
+            ):
+                yield Restarted()
+            if isinstance(event, Token | Finished):
+                self._check_sequence(submission, event)
             if isinstance(event, Summary):
                 submission.summary = event
             if isinstance(event, Progress) and event.state == "finished":
@@ -296,6 +365,26 @@ class ChatService:
                 submission.finished = True
                 return
 
+    def _restarted(self, submission: Submission, start: str) -> bool:
+        """Whether this start (of the job, or of a DAG's step) repeats one seen before."""
+        seen = start in submission.starts
+        submission.starts.add(start)
+        if seen and submission.followed is not None:
+            submission.followed.tokens_seen = 0
+        return seen
+
+    def _check_sequence(self, submission: Submission, event: Token | Finished) -> None:
+        followed = submission.followed
+        if followed is None:
+            return
+        if isinstance(event, Token):
+            if event.seq:
+                if event.seq != followed.tokens_seen + 1:
+                    raise EventsLost("Part of the answer was lost on its way to this server.")
+                followed.tokens_seen = event.seq
+        elif event.tokens_sent and event.tokens_sent != followed.tokens_seen:
+            raise EventsLost("The end of the answer was lost on its way to this server.")
+
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         submission = await self.submit(request)
         try:
@@ -304,6 +393,8 @@ class ChatService:
             async for event in self.events(submission):
                 if isinstance(event, Token):
                     parts.append(event.text)
+                elif isinstance(event, Restarted):
+                    parts.clear()
                 elif isinstance(event, Finished):
                     finish = event
         finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from api.service import Queued, StreamEvent
+from api.service import Queued, Restarted, StreamEvent
 from worker.protocol import Finished, Progress, Summary, Token
 
 DONE = b"data: [DONE]\n\n"
@@ -99,6 +99,10 @@ async def relay(
             continue
         if isinstance(event, Queued):
             yield comment(f"queue position {event.position}")
+            continue
+        if isinstance(event, Restarted):
+            # Nothing of the first run reached this client (else it would have failed).
+            yield comment("the job runs again on another worker")
             continue
         if isinstance(event, Summary):
             if event.answer_model:

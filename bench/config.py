@@ -34,7 +34,7 @@ class BenchConfig:
     debate_models: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")
     debate_repeats: int = 3
     seed: int = 0
-    sections: frozenset[str] = field(default_factory=lambda: frozenset({"llm", "queue", "orchestration"}))
+    sections: frozenset[str] = field(default_factory=lambda: frozenset({"llm", "batching", "queue", "orchestration"}))
 
     def service(self) -> ServiceConfig:
         return ServiceConfig(

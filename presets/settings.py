@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OrchestrationMode = Literal["single", "critique", "debate", "ensemble", "pipeline"]
@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     n_ctx: int = 4096
     null_token_delay_ms: float = 0.0
     gpu_layers: int = -1
+    # llama.cpp's repacked CPU weight layouts: "auto" turns them off on CPUs with AMX, whose
+    # path crashes there (see worker/hardware.py); "on"/"off" force the choice.
+    cpu_extra_buffers: Literal["auto", "on", "off"] = "auto"
+    # llama.cpp: one context decodes every concurrent job of the worker in one batch per
+    # step; false gives each job a context (and a copy of the weights) of its own.
+    batching: bool = True
+    # Batching: the slots share one n_ctx KV cache (memory of one context); false gives each
+    # slot its own, n_ctx times slots in all, and temperature-0 text bit-identical to a run alone.
+    shared_kv_cache: bool = True
     # "null" answers with fixed text at once: the queue-overhead benchmark's model.
     backend: Literal["llamacpp", "vllm", "null"] = "llamacpp"
     # vLLM only: a Hugging Face model id or folder to serve instead of the .gguf file, the
@@ -63,6 +72,13 @@ class Settings(BaseSettings):
     vllm_gpu_memory_utilization: float = 0.9
     heartbeat_ttl_s: float = 5.0
     idle_poll_s: float = 1.0
+
+    # Fleet supervisor: a crashed worker restarts after base, 2*base, ... up to cap seconds;
+    # max_crashes within window seconds make the model unavailable until asked for again.
+    worker_restart_base_s: float = 1.0
+    worker_restart_cap_s: float = 30.0
+    worker_max_crashes: int = 5
+    worker_crash_window_s: float = 60.0
 
     # Orchestration
     orchestration_mode: OrchestrationMode | None = None
@@ -104,7 +120,19 @@ class Settings(BaseSettings):
     auto_route_strategy: Literal["least_busy", "round_robin", "capability_match"] = "least_busy"
     auto_route_fallback: bool = True
 
-    @field_validator("preload_models", "pipeline_stages", mode="before")
+    # Security and limits (docs/security.md). Bearer keys the front accepts, comma-separated so
+    # a new key can go live before the old one is withdrawn; none leaves the front open.
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A client that trickles its body is answered 408 once this has passed since the headers.
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    # A connection whose request line and headers are not complete this long after it opened
+    # (or after its previous response) is closed; so is an idle keep-alive connection.
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+
+    @field_validator("preload_models", "pipeline_stages", "api_key", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

@@ -7,13 +7,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import redis
+
+from presets.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("INFERENCE_TEST_REDIS_DB", "13"))
@@ -93,3 +95,16 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+@asynccontextmanager
+async def in_process_front(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A front app run inside the test's event loop (start-up and shutdown included), and a client for it."""
+    from api.app import create_app
+
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://front") as client,
+    ):
+        yield client

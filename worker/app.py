@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvloop
 from arq import func
 from arq.connections import RedisSettings
-from redis.asyncio import ConnectionPool
 
 from orchestration.steps import abandon_step, complete_step, recorded_result
 from presets.settings import Settings
+from worker.bad_jobs import drop_undecodable
 from worker.engine import Engine, LlamaEngine
 from worker.keys import Keys
 from worker.null_engine import NullEngine
@@ -22,9 +23,13 @@ from worker.pool import WakeablePool
 from worker.presence import Presence, new_worker_id
 from worker.protocol import arq_deserialize, arq_serialize, decode_job
 from worker.queue import CHAT_FUNCTION
+from worker.redis_client import create_pool
 from worker.runtime import WorkerRuntime
+from worker.self_check import self_check
 
 logger = logging.getLogger(__name__)
+
+_SHUTDOWN_REDIS_WAIT_S = 3.0
 
 
 class WorkerSetupError(RuntimeError):
@@ -49,7 +54,7 @@ def resolve_model_path(settings: Settings, model_id: str) -> Path:
 
 
 def load_engines(settings: Settings, model_id: str) -> list[Engine]:
-    """One engine per concurrent job this worker may run (llama contexts are not shared)."""
+    """One engine per concurrent job this worker may run; a batching engine fills every place."""
     copies = max(settings.max_concurrent_per_model, 1)
     if settings.backend == "null":
         return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000) for _ in range(copies)]
@@ -60,6 +65,21 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
         engine = VllmEngine(model_id=model_id, path=resolve_model_path(settings, model_id), settings=settings)
         return [engine] * copies
     path = resolve_model_path(settings, model_id)
+    if settings.batching:
+        from worker.batched_engine import BatchedLlamaEngine
+
+        # One context decodes every concurrent job in one batch: the weights are loaded once.
+        batched = BatchedLlamaEngine(
+            model_id=model_id,
+            path=path,
+            n_ctx=settings.n_ctx,
+            slots=copies,
+            n_threads=settings.n_threads,
+            gpu_layers=settings.gpu_layers,
+            extra_buffers=settings.cpu_extra_buffers,
+            shared_kv=settings.shared_kv_cache,
+        )
+        return [batched] * copies
     return [
         LlamaEngine(
             model_id=model_id,
@@ -68,9 +88,28 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             # llama.cpp's own default is half the cores; a worker owns its slot, so take them all.
             n_threads=settings.n_threads or os.cpu_count(),
             gpu_layers=settings.gpu_layers,
+            extra_buffers=settings.cpu_extra_buffers,
         )
         for _ in range(copies)
     ]
+
+
+def load_checked_engines(settings: Settings, model_id: str) -> list[Engine]:
+    """load_engines, then one decoded token; any failure is a WorkerSetupError (one line, exit 2)."""
+    try:
+        engines = load_engines(settings, model_id)
+    except WorkerSetupError:
+        raise
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WorkerSetupError(f"model {model_id} failed to load: {detail}") from exc
+    try:
+        self_check(engines[0])
+    except Exception as exc:
+        for engine in {id(e): e for e in engines}.values():
+            engine.close()
+        raise WorkerSetupError(str(exc)) from exc
+    return engines
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -82,7 +121,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     presence = Presence(pool, keys=keys, model=model_id, worker_id=worker_id, ttl_s=settings.heartbeat_ttl_s)
     await presence.start(backend=settings.backend, context_length=0)
     try:
-        engines = load_engines(settings, model_id)
+        # Off the event loop: the heartbeat goes on while a large model loads.
+        engines = await asyncio.to_thread(load_checked_engines, settings, model_id)
     except BaseException:
         await presence.stop()
         await pool.delete(keys.loading(model_id))
@@ -93,6 +133,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
         engines=engines,
         presence=presence,
         worker_id=worker_id,
+        request_timeout_s=settings.request_timeout_s,
+        # A dead worker's key expires a heartbeat TTL after its last beat; reaping often
+        # enough finds its jobs within a second of that.
+        reap_interval_s=min(1.0, settings.heartbeat_ttl_s / 5),
         stream_interval_s=settings.stream_interval_ms / 1000,
     )
     await runtime.start()
@@ -108,13 +152,24 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     await pool.stop_wake_listener()
     runtime: WorkerRuntime | None = ctx.get("runtime")
     if runtime is not None:
-        await runtime.presence.stop()
+        # Redis may be down: the worker's commands would wait for it forever, and its
+        # entry expires with the heartbeat TTL anyway.
+        try:
+            await asyncio.wait_for(runtime.presence.stop(), _SHUTDOWN_REDIS_WAIT_S)
+        except TimeoutError:
+            logger.warning("Redis did not answer; leaving the worker's entry to expire")
         await runtime.stop()
 
 
 async def chat(ctx: dict[str, Any], payload: bytes) -> None:
     runtime: WorkerRuntime = ctx["runtime"]
-    job = decode_job(payload)
+    try:
+        job = decode_job(payload)
+    except (msgspec.DecodeError, TypeError) as exc:
+        # Not retried: the same bytes would fail the same way on every try.
+        settings: Settings = ctx["settings"]
+        await drop_undecodable(ctx["redis"], keys=Keys(prefix=settings.key_prefix), payload=payload, error=exc)
+        return
     if job.dag_id is None:
         await runtime.run(job)
         return
@@ -137,7 +192,7 @@ def create_worker_settings(settings: Settings) -> type:
     keys = Keys(prefix=settings.key_prefix)
     redis_settings = RedisSettings.from_dsn(settings.redis_url)
     pool = WakeablePool(
-        ConnectionPool.from_url(settings.redis_url),
+        create_pool(settings.redis_url, role="worker"),
         queue_name=keys.queue(model_id),
         wake_channel=keys.wake(model_id),
         idle_wait_s=settings.idle_poll_s,

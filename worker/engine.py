@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from worker.hardware import ExtraBuffers
 from worker.protocol import Message, SamplingParams
 from worker.textstream import TextStream
 
@@ -26,6 +27,13 @@ class PromptTooLong(ValueError):
         super().__init__(
             f"This model's maximum context length is {context_length} tokens; the request asked for {asked}."
         )
+
+
+class PromptRejected(ValueError):
+    """The model's chat template refused the conversation (say, roles that do not alternate)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The model's chat template rejected the messages: {reason}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +59,7 @@ class Engine(Protocol):
     backend: str
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
-        """Tokenize the chat prompt; raise PromptTooLong when it cannot fit."""
+        """Tokenize the chat prompt; PromptTooLong when it cannot fit, PromptRejected when the template refuses it."""
         ...
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome: ...
@@ -70,14 +78,23 @@ class LlamaEngine:
     backend = "llamacpp"
 
     def __init__(
-        self, *, model_id: str, path: Path, n_ctx: int, n_threads: int | None, gpu_layers: int, seed: int = 0
+        self,
+        *,
+        model_id: str,
+        path: Path,
+        n_ctx: int,
+        n_threads: int | None,
+        gpu_layers: int,
+        seed: int = 0,
+        extra_buffers: ExtraBuffers = "auto",
     ) -> None:
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from worker.chat_prompt import ChatPrompter
+        from worker.llama_params import open_llama
 
         self.model_id = model_id
-        self._llm: Llama = Llama(
-            model_path=str(path),
+        self._llm: Llama = open_llama(
+            path=path,
+            extra_buffers=extra_buffers,
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_gpu_layers=gpu_layers,
@@ -87,24 +104,21 @@ class LlamaEngine:
         self.context_length = self._llm.n_ctx()
         llm = self._llm
         self._eos = {llm.token_eos()}
-        template = llm.metadata.get("tokenizer.chat_template") or fallback_template(llm.metadata)
-        if not template:
-            raise ValueError(f"{path.name} carries no chat template and its architecture has no known one")
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._token_text(llm.token_eos()),
-            bos_token=self._token_text(llm.token_bos()),
+        self._prompter = ChatPrompter(
+            metadata=llm.metadata,
+            bos_text=self._token_text(llm.token_bos()),
+            eos_text=self._token_text(llm.token_eos()),
+            tokenize=lambda text, add_bos: llm.tokenize(text, add_bos=add_bos, special=True),
+            source=path.name,
         )
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
-        rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[misc]
-        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        tokens, stop = self._prompter.render(messages)
         check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
-        return Prompt(tokens=tokens, stop=[s for s in stop if s])
+        return Prompt(tokens=tokens, stop=stop)
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
         llm = self._llm
@@ -141,26 +155,6 @@ class LlamaEngine:
 
     def close(self) -> None:
         self._llm.close()
-
-
-# Gemma 3's published chat format, for GGUF files converted without their template:
-# no system role, so a system message is prepended to the first user turn.
-_GEMMA_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
-    "{% for message in turns %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
-    "<start_of_turn>{{ role }}\n{{ (prefix if loop.first else '') + message['content'] | trim }}<end_of_turn>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-_FALLBACK_TEMPLATES = {"gemma": _GEMMA_TEMPLATE, "gemma2": _GEMMA_TEMPLATE, "gemma3": _GEMMA_TEMPLATE}
-
-
-def fallback_template(metadata: dict[str, str]) -> str | None:
-    return _FALLBACK_TEMPLATES.get(metadata.get("general.architecture", ""))
 
 
 def _random_bytes(n: int) -> bytes:

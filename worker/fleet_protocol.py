@@ -10,6 +10,8 @@ import msgspec
 class FleetCommand(msgspec.Struct, frozen=True, kw_only=True):
     action: Literal["load", "unload"]
     model: str
+    # Names a load request, so that exactly one supervisor claims it (see worker.fleet).
+    request_id: str = ""
 
 
 UNLOAD = b"unload"

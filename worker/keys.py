@@ -37,6 +37,14 @@ class Keys:
         """Marker that a request was cancelled, for a worker that picks its job up late."""
         return f"{self.prefix}:cancelled:{request_id}"
 
+    def done(self, request_id: str) -> str:
+        """A request's final event (finish or error), kept briefly for a front that missed it."""
+        return f"{self.prefix}:done:{request_id}"
+
+    def sent(self, job_key: str) -> str:
+        """Marker that a streamed job's first token went out: it is not re-run after a worker death."""
+        return f"{self.prefix}:sent:{job_key}"
+
     @property
     def workers(self) -> str:
         """Sorted set of live workers: member '<model>/<worker id>', score = heartbeat expiry ms."""
@@ -92,3 +100,15 @@ class Keys:
     def round_robin(self, role: str) -> str:
         """Counter that rotates requests for a role among the models that have it."""
         return f"{self.prefix}:rr:{role}"
+
+    def unavailable(self, model: str) -> str:
+        """Hash (reason, since_ms, host): the fleet gave up starting the model until asked again."""
+        return f"{self.prefix}:unavail:{model}"
+
+    def fleet_lock(self, host: str) -> str:
+        """Lock a supervisor holds while it checks a host's memory budget and starts a worker."""
+        return f"{self.prefix}:fleetlock:{host}"
+
+    def fleet_claim(self, request_id: str) -> str:
+        """Marker of the one supervisor that carries out a load request (expires)."""
+        return f"{self.prefix}:claim:{request_id}"

@@ -16,6 +16,8 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from worker.listener import Listener
 
@@ -44,6 +46,9 @@ class WakeablePool(ArqRedis):
         if self._listener is not None:
             await self._listener.stop()
 
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> OutageSafePipeline:
+        return OutageSafePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
     async def zrangebyscore(  # type: ignore[override]
         self, name: Any, min: Any, max: Any, start: int | None = None, num: int | None = None, **kwargs: Any
     ) -> Any:
@@ -56,3 +61,33 @@ class WakeablePool(ArqRedis):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._woken.wait(), self._idle_wait_s)
         return await super().zrangebyscore(name, min, timestamp_ms(), start=start, num=num, **kwargs)
+
+
+class OutageSafePipeline(Pipeline):
+    """A pipeline whose optimistic transaction fails where arq expects it to, not earlier.
+
+    redis-py raises WatchError at the command that meets a lost connection while keys are
+    watched. arq reads keys between WATCH and EXEC without guarding those reads, so a Redis
+    restart at that moment would end the worker. Here the reads are retried on a new
+    connection and the transaction is refused at EXEC instead, which arq treats as "another
+    worker took the job": the job stays queued and the next poll takes it.
+    """
+
+    _lost_watch = False
+
+    async def _disconnect_reset_raise(self, conn: Any, error: Exception) -> None:
+        if self.watching:
+            await conn.disconnect()
+            self._lost_watch = True
+            return
+        await super()._disconnect_reset_raise(conn, error)  # type: ignore[no-untyped-call]
+
+    async def execute(self, raise_on_error: bool = True) -> Any:
+        if self._lost_watch:
+            await self.reset()
+            raise WatchError("the connection was lost while keys were watched; nothing was run")
+        return await super().execute(raise_on_error)
+
+    async def reset(self) -> None:
+        self._lost_watch = False
+        await super().reset()  # type: ignore[no-untyped-call]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker.keys import Keys
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,7 @@ class WorkerInfo:
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> WorkerInfo:
+        """Raises KeyError or ValueError (UnicodeDecodeError included) for a record that does not decode."""
         field = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
             model=field["model"],
@@ -150,5 +154,16 @@ async def read_fleet(
     now_ms = int(time.time() * 1000)
     script = redis.register_script(_FLEET)
     found, markers = await script(keys=[keys.workers, *loading_keys], args=[now_ms, keys.worker("", "")[:-1]])
-    workers = [WorkerInfo.from_hash(dict(zip(fields[::2], fields[1::2], strict=True))) for fields in found]
+    workers = []
+    for fields in found:
+        try:
+            workers.append(WorkerInfo.from_hash(dict(zip(fields[::2], fields[1::2], strict=True))))
+        except (KeyError, ValueError) as exc:
+            # One bad record (another version's, or written by hand) must not hide the others
+            # or fail every route that looks at the fleet.
+            logger.warning("skipping a worker record that does not decode (%r): %s", exc, _sample(fields))
     return workers, [bool(flag) for flag in markers]
+
+
+def _sample(fields: Sequence[bytes]) -> str:
+    return repr(list(fields)[:20])[:500]

@@ -18,6 +18,10 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     top_p: float = 1.0
     stop: list[str] = []
     seed: int | None = None
+    # OpenAI's: subtract penalty * count (frequency) or penalty once (presence) from the
+    # logit of every token already generated.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -36,6 +40,9 @@ class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     publish_tokens: bool = True
     dag_id: str | None = None
     step: str | None = None
+    # The client reads the answer as it is written: once a token went out, a re-run on
+    # another worker (after this one died) would show the client a second beginning.
+    stream: bool = False
 
     @property
     def job_key(self) -> str:
@@ -53,6 +60,8 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted", kw_only=True):
 
 class Token(msgspec.Struct, frozen=True, tag="token"):
     text: str
+    # 1, 2, ... per job, so a front sees a lost event; 0 where nobody counts (a DAG's stored answer).
+    seq: int = 0
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finish", kw_only=True):
@@ -60,6 +69,8 @@ class Finished(msgspec.Struct, frozen=True, tag="finish", kw_only=True):
     model: str
     prompt_tokens: int
     completion_tokens: int
+    # How many Token events came before this one (their last seq); 0 where nobody counts.
+    tokens_sent: int = 0
 
 
 class Failed(msgspec.Struct, frozen=True, tag="error", kw_only=True):

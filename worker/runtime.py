@@ -10,17 +10,18 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.engine import Engine, Outcome, PromptTooLong
+from worker.engine import Engine, Outcome, PromptRejected, PromptTooLong
 from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
 from worker.listener import Listener
 from worker.presence import Presence
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
+from worker.recovery import Reaper, done_ttl_s
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ class _Started:
     """The prompt fits: generation begins."""
 
     prompt_tokens: int
+
+
+@dataclass
+class _Control:
+    """Stops a generation: the client cancelled, or (timed_out) its deadline passed."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    timed_out: bool = False
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.cancel.set()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +66,15 @@ class WorkerRuntime:
         engines: Sequence[Engine],
         presence: Presence,
         worker_id: str,
+        request_timeout_s: float,
+        reap_interval_s: float = 1.0,
         stream_interval_s: float = 0.0,
     ) -> None:
         self._stream_interval_s = stream_interval_s
+        self._done_ttl_s = done_ttl_s(request_timeout_s=request_timeout_s)
+        self._reaper = Reaper(redis, keys=keys)
+        self._reap_interval_s = reap_interval_s
+        self._reaping: asyncio.Task[None] | None = None
         self._redis = redis
         self._keys = keys
         self._engines: asyncio.Queue[Engine] = asyncio.Queue()
@@ -80,8 +99,13 @@ class WorkerRuntime:
         await pubsub.subscribe(self._keys.cancel, self._keys.control(self.model_id))
         self._listener = Listener(pubsub, self._on_message, name="cancel listener", retry_s=1.0)
         self._listener.start()
+        # Jobs left by a worker of this model that died (perhaps this one's predecessor).
+        await self._reaper.reap(self.model_id)
+        self._reaping = asyncio.create_task(self._reap_forever(), name="reaper")
 
     async def stop(self) -> None:
+        if self._reaping is not None:
+            self._reaping.cancel()
         for _, event in self._cancels.values():
             event.set()
         if self._listener is not None:
@@ -107,24 +131,44 @@ class WorkerRuntime:
         await self.presence.update(state="stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def _publish(self, channel: str, *events: Event) -> None:
-        if len(events) == 1:
+    async def _publish(
+        self, channel: str, *events: Event, done: str | None = None, sent: str | None = None
+    ) -> None:
+        """Publish in one round trip; `done` also keeps the last event, `sent` marks a started stream."""
+        if len(events) == 1 and done is None and sent is None:
             await self._redis.publish(channel, encode_event(events[0]))
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in events:
                 pipe.publish(channel, encode_event(event))
+            if sent is not None:
+                pipe.set(sent, b"1", ex=self._done_ttl_s)
+            if done is not None:
+                pipe.set(done, encode_event(events[-1]), ex=self._done_ttl_s)
             await pipe.execute()
 
+    async def _fail(self, job: ChatJob, failure: Failed) -> None:
+        await self._publish(job.channel, failure, done=self._keys.done(job.request_id))
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval_s)
+            try:
+                await self._reaper.reap(self.model_id)
+            except Exception:
+                logger.warning("reaping jobs of dead workers failed", exc_info=True)
+
     async def run(self, job: ChatJob) -> StepResult | None:
-        """Run one job to its end; None when it was cancelled or expired before it started."""
+        """Run one job to its end; None when it was cancelled, expired or failed (the client was told)."""
         if time.time() * 1000 >= job.deadline_ms:
             return None
-        cancel = threading.Event()
-        self._cancels[job.job_key] = (job.request_id, cancel)
+        control = _Control()
+        self._cancels[job.job_key] = (job.request_id, control.cancel)
         loop = asyncio.get_running_loop()
-        deadline = loop.call_later(max(job.deadline_ms / 1000 - time.time(), 0), cancel.set)
+        deadline = loop.call_later(max(job.deadline_ms / 1000 - time.time(), 0), control.expire)
         engine = await self._engines.get()
+        # The engine goes back to the pool when its thread is done with it, not before.
+        handed_to_thread = False
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.exists(self._keys.cancelled(job.request_id))
@@ -133,14 +177,19 @@ class WorkerRuntime:
             if cancelled:
                 return None
             self._note_load()
-            return await self._generate(job, engine, cancel)
+            handed_to_thread = True
+            return await self._generate(job, engine, control)
         finally:
             deadline.cancel()
-            self._engines.put_nowait(engine)
+            if not handed_to_thread:
+                self._engines.put_nowait(engine)
+            # A job still generating (its await was cancelled) is told to stop.
+            control.cancel.set()
             del self._cancels[job.job_key]
             self._jobs_done += 1
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(self._keys.running(self.model_id), job.job_key)
+                pipe.delete(self._keys.sent(job.job_key))
                 pipe.zadd(self._keys.last_used, {self.model_id: int(time.time() * 1000)})
                 await pipe.execute()
             self._note_load()
@@ -152,8 +201,9 @@ class WorkerRuntime:
                 state="busy" if self._cancels else "ready", running=self.running, jobs_done=self._jobs_done
             )
 
-    async def _generate(self, job: ChatJob, engine: Engine, cancel: threading.Event) -> StepResult | None:
+    async def _generate(self, job: ChatJob, engine: Engine, control: _Control) -> StepResult | None:
         loop = asyncio.get_running_loop()
+        cancel = control.cancel
         items: asyncio.Queue[object] = asyncio.Queue()
 
         def emit(text: str) -> None:
@@ -164,7 +214,7 @@ class WorkerRuntime:
             try:
                 try:
                     prompt = engine.prepare(job.messages, job.params)
-                except PromptTooLong as exc:
+                except (PromptTooLong, PromptRejected) as exc:
                     loop.call_soon_threadsafe(items.put_nowait, exc)
                     return None
                 loop.call_soon_threadsafe(items.put_nowait, _Started(len(prompt.tokens)))
@@ -173,8 +223,11 @@ class WorkerRuntime:
                 loop.call_soon_threadsafe(items.put_nowait, _DONE)
 
         future = loop.run_in_executor(self._threads, work)
+        future.add_done_callback(lambda _: self._engines.put_nowait(engine))
         collected: list[str] = []
         prompt_tokens = 0
+        seq = 0
+        sent_key = self._keys.sent(job.job_key) if job.stream and job.publish_tokens else None
         done = False
         while not done:
             batch = [await items.get()]
@@ -188,9 +241,10 @@ class WorkerRuntime:
                     if job.publish_tokens:
                         # Text that arrived together goes out as one chunk.
                         if events and isinstance(events[-1], Token):
-                            events[-1] = Token(events[-1].text + item)
+                            events[-1] = Token(events[-1].text + item, events[-1].seq)
                         else:
-                            events.append(Token(item))
+                            seq += 1
+                            events.append(Token(item, seq))
                 elif isinstance(item, _Started):
                     prompt_tokens = item.prompt_tokens
                     events.append(Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens))
@@ -200,8 +254,16 @@ class WorkerRuntime:
                     events.append(
                         Failed(code="context_length_exceeded", message=str(item), status=400, param="messages")
                     )
-            if events:
-                await self._publish(job.channel, *events)
+                elif isinstance(item, PromptRejected):
+                    events.append(Failed(code="invalid_messages", message=str(item), status=400, param="messages"))
+            failed = next((e for e in events if isinstance(e, Failed)), None)
+            if failed is not None:
+                await self._fail(job, failed)
+            elif events:
+                first_token = sent_key is not None and seq > 0
+                await self._publish(job.channel, *events, sent=sent_key if first_token else None)
+                if first_token:
+                    sent_key = None
                 if self._stream_interval_s and not done:
                     # Tokens that arrive meanwhile go out together: fewer wake-ups per token
                     # for this loop, Redis, the front and the client.
@@ -210,15 +272,25 @@ class WorkerRuntime:
             outcome = await future
         except Exception as exc:
             logger.exception("generation failed for %s", job.request_id)
-            await self._publish(job.channel, Failed(code="generation_failed", message=str(exc), status=500))
+            await self._fail(job, Failed(code="generation_failed", message=str(exc), status=500))
             return None
         if outcome is None:
+            return None
+        if outcome.reason == "cancelled" and control.timed_out:
+            await self._fail(
+                job,
+                Failed(code="timeout", message="The request did not finish within its timeout.", status=504),
+            )
             return None
         reason = outcome.reason
         completion_tokens = outcome.completion_tokens
         if job.publish_tokens:
             end: Event = Finished(
-                reason=reason, model=self.model_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                reason=reason,
+                model=self.model_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                tokens_sent=seq,
             )
         else:
             end = Progress(
@@ -228,7 +300,9 @@ class WorkerRuntime:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
             )
-        await self._publish(job.channel, end)
+        # A cancelled job's client is gone: nobody will look for its final event.
+        keep = job.publish_tokens and reason != "cancelled"
+        await self._publish(job.channel, end, done=self._keys.done(job.request_id) if keep else None)
         return StepResult(
             text="".join(collected), reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )

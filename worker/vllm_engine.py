@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from presets.settings import Settings
-from worker.engine import Emit, FinishReason, Outcome, Prompt, check_fits
+from worker.engine import Emit, FinishReason, Outcome, Prompt, PromptRejected, check_fits
 from worker.protocol import Message, SamplingParams
 
 
@@ -49,7 +49,12 @@ class VllmEngine:
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
         chat = [{"role": m.role, "content": m.content} for m in messages]
-        tokens = list(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
+        from jinja2 import TemplateError
+
+        try:
+            tokens = list(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
+        except TemplateError as exc:
+            raise PromptRejected(exc.message or type(exc).__name__) from None
         check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
         return Prompt(tokens=tokens, stop=[])
 

@@ -10,15 +10,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.dependencies import Services, services
-from api.errors import ServiceError
-from api.protocol import ChatCompletionRequest
+from api.errors import ServiceError, error_responses
+from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.service import stream_extras, until_disconnected
 from api.streaming import DONE, ChunkWriter, relay
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(400, 401, 404, 408, 413, 429, 500, 502, 503, 504))
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletion, "content": {"text/event-stream": {}}}},
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, svc: Annotated[Services, Depends(services)]
 ) -> JSONResponse | StreamingResponse:

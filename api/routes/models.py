@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from api.dependencies import Services, services
+from api.errors import error_responses
 from api.protocol import ModelCard, ModelList
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 408, 413, 500, 503))
 
 
 @router.get("/v1/models")
@@ -21,11 +22,11 @@ async def list_models(svc: Annotated[Services, Depends(services)]) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id}/load")
+@router.post("/v1/models/{model_id}/load", responses=error_responses(404, 409, 504))
 async def load_model(model_id: str, svc: Annotated[Services, Depends(services)]) -> dict[str, object]:
     return await svc.fleet.load(model_id)
 
 
-@router.post("/v1/models/{model_id}/unload")
+@router.post("/v1/models/{model_id}/unload", responses=error_responses(404, 504))
 async def unload_model(model_id: str, svc: Annotated[Services, Depends(services)]) -> dict[str, object]:
     return await svc.fleet.unload(model_id)

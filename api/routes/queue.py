@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from api.dependencies import Services, services
+from api.errors import error_responses
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 408, 413, 500, 503))
 
 
 @router.get("/v1/queue")

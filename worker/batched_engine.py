@@ -1,0 +1,219 @@
+"""The llama.cpp backend with continuous batching: one model, one context, N sequence slots.
+
+One engine serves all of a worker's concurrent jobs (`load_engines` hands the same object
+to every slot of the runtime). The weights are loaded once; a `BatchScheduler` thread
+decodes every running sequence in one batch per step and samples in C with a sampler chain
+per sequence, and turns each sequence's tokens into its text (detokenizing, stop strings).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from worker.chat_prompt import ChatPrompter
+from worker.engine import Emit, FinishReason, Outcome, Prompt, check_fits
+from worker.hardware import ExtraBuffers
+from worker.llama_batch import BatchScheduler, SequenceRequest
+from worker.llama_params import model_params
+from worker.protocol import Message, SamplingParams
+from worker.textstream import TextStream
+
+# llama-cpp-python's high-level sampler settings, which LlamaEngine runs with: the same
+# request samples the same way on either engine.
+_TOP_K = 40
+_MIN_P = 0.05
+
+
+class BatchedLlamaEngine:
+    backend = "llamacpp"
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        path: Path,
+        n_ctx: int,
+        slots: int,
+        n_threads: int | None,
+        gpu_layers: int,
+        extra_buffers: ExtraBuffers = "auto",
+        shared_kv: bool = True,
+        batch_tokens: int = 512,
+        prefill_chunk_tokens: int = 128,
+    ) -> None:
+        self.model_id = model_id
+        self.context_length = n_ctx
+        # llama-cpp-python routes llama.cpp's log through this logger; unset, it prints every
+        # tensor loaded. Llama(verbose=False) sets the same level.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        llama_cpp.llama_backend_init()
+        # use_extra_bufts is off on CPUs with AMX, where llama.cpp's repacked path crashes.
+        params = model_params(setting=extra_buffers, gpu_layers=gpu_layers)
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ValueError(f"llama.cpp could not load {path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        threads = n_threads or os.cpu_count() or 1
+        context_params = llama_cpp.llama_context_default_params()
+        # Shared: one pool of n_ctx cells for all sequences, so memory stays that of one
+        # context. Its cells interleave the sequences, which reorders attention's float sums:
+        # a sequence's logits then differ from its run alone in the last bits (and greedy text
+        # can part at a near tie). Per slot: n_ctx cells each, bit-identical to a run alone.
+        context_params.n_ctx = n_ctx if shared_kv else n_ctx * slots
+        context_params.n_batch = batch_tokens
+        context_params.n_ubatch = batch_tokens
+        context_params.n_seq_max = slots
+        context_params.kv_unified = shared_kv
+        context_params.n_threads = threads
+        context_params.n_threads_batch = threads
+        # As llama-cpp-python's Llama (LlamaEngine) runs: the same logits for the same tokens.
+        context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_cpp.llama_init_from_model(self._model, context_params)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {path.name}")
+        self._pieces: dict[int, bytes] = {}
+        self._prompter = ChatPrompter(
+            metadata=self._metadata(),
+            bos_text=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_text=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            tokenize=self._tokenize,
+            source=path.name,
+        )
+        self._scheduler = BatchScheduler(
+            ctx=self._ctx,
+            vocab=self._vocab,
+            slots=slots,
+            shared_cells=n_ctx if shared_kv else None,
+            batch_tokens=batch_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            n_swa=llama_cpp.llama_model_n_swa(self._model),
+        )
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens decoded so far; those found in a slot's cache are not counted."""
+        return self._scheduler.prefilled_tokens
+
+    @property
+    def active_sequences(self) -> int:
+        return self._scheduler.active_sequences
+
+    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
+        tokens, stop = self._prompter.render(messages)
+        check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
+        return Prompt(tokens=tokens, stop=stop)
+
+    def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
+        budget = self.context_length - len(prompt.tokens)
+        limit = min(params.max_tokens, budget) if params.max_tokens else budget
+        text = TextStream(stop=[*params.stop, *prompt.stop])
+        piece = self._piece
+
+        def on_token(token: int) -> bool:
+            # Runs on the scheduler thread, between two decode steps.
+            out = text.feed(piece(token))
+            if out:
+                emit(out)
+            return text.stopped
+
+        request = SequenceRequest(
+            tokens=list(prompt.tokens),
+            limit_tokens=limit,
+            sampler=self._sampler_for(params, limit),
+            cancel=cancel,
+            on_token=on_token,
+        )
+        self._scheduler.submit(request)
+        request.finished.wait()
+        if request.error is not None:
+            raise request.error
+        reason: FinishReason = request.reason
+        tail = text.flush()
+        if tail and reason != "cancelled":
+            emit(tail)
+        return Outcome(reason=reason, completion_tokens=request.produced)
+
+    def close(self) -> None:
+        self._scheduler.close()
+        llama_cpp.llama_free(self._ctx)
+        llama_cpp.llama_model_free(self._model)
+
+    def _sampler_for(self, params: SamplingParams, limit: int) -> Any:
+        """A native chain in llama-cpp-python's order: top-k, penalties, then greedy or top-p, min-p, temperature."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        penalised = bool(params.frequency_penalty or params.presence_penalty)
+        if penalised or params.temperature > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(_TOP_K))
+        if penalised:
+            # Over the whole completion (OpenAI's "so far"); after top-k, where it costs 40 lookups, not the vocabulary.
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    self._n_vocab, limit, 1.0, params.frequency_penalty, params.presence_penalty
+                ),
+            )
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(_MIN_P, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+        # Without a request seed, draw one, so runs differ like other servers'.
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _tokenize(self, text: bytes, add_bos: bool) -> list[int]:
+        room = len(text) + 2
+        while True:
+            buffer = (llama_cpp.llama_token * room)()
+            count = llama_cpp.llama_tokenize(self._vocab, text, len(text), buffer, room, add_bos, True)
+            if count >= 0:
+                return list(buffer[:count])
+            room = -count
+
+    def _piece(self, token: int) -> bytes:
+        found = self._pieces.get(token)
+        if found is None:
+            found = self._render(token, special=False)
+            # Filled by job threads at once: a lost race stores the same bytes twice, harmlessly.
+            self._pieces[token] = found
+        return found
+
+    def _render(self, token: int, *, special: bool) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:size]
+
+    def _token_text(self, token: int) -> str:
+        return "" if token < 0 else self._render(token, special=True).decode("utf-8", errors="ignore")
+
+    def _metadata(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        buffer = ctypes.create_string_buffer(1024)
+        for i in range(llama_cpp.llama_model_meta_count(self._model)):
+            key = self._meta_string(llama_cpp.llama_model_meta_key_by_index, i, buffer)
+            found[key] = self._meta_string(llama_cpp.llama_model_meta_val_str_by_index, i, buffer)
+        return found
+
+    def _meta_string(self, read: Any, index: int, buffer: ctypes.Array[ctypes.c_char]) -> str:
+        size = read(self._model, index, buffer, len(buffer))
+        if size >= len(buffer):
+            # A chat template is often longer than the first buffer: read again with room for it.
+            buffer = ctypes.create_string_buffer(size + 1)
+            size = read(self._model, index, buffer, len(buffer))
+        return buffer.value.decode("utf-8", errors="replace")
