@@ -30,6 +30,8 @@ from worker.textstream import TextStream
 # request samples the same way on either engine.
 _TOP_K = 40
 _MIN_P = 0.05
+# A job waiting on its sequence checks this often that the scheduler thread still runs.
+_CHECK_ALIVE_S = 1.0
 
 
 class BatchedLlamaEngine:
@@ -134,7 +136,9 @@ class BatchedLlamaEngine:
             on_token=on_token,
         )
         self._scheduler.submit(request)
-        request.finished.wait()
+        while not request.finished.wait(_CHECK_ALIVE_S):
+            if not self._scheduler.running:
+                raise RuntimeError("the batch scheduler stopped")
         if request.error is not None:
             raise request.error
         reason: FinishReason = request.reason
@@ -187,7 +191,7 @@ class BatchedLlamaEngine:
         found = self._pieces.get(token)
         if found is None:
             found = self._render(token, special=False)
-            # Filled by job threads at once: a lost race stores the same bytes twice, harmlessly.
+            # Only the scheduler thread fills it (on_token), so no lock.
             self._pieces[token] = found
         return found
 

@@ -135,6 +135,10 @@ class BatchScheduler:
             self._wake.notify()
 
     @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def active_sequences(self) -> int:
         return sum(slot.request is not None for slot in self._slots)
 

@@ -147,8 +147,8 @@ class WorkerRuntime:
                 pipe.set(done, encode_event(events[-1]), ex=self._done_ttl_s)
             await pipe.execute()
 
-    async def _fail(self, job: ChatJob, failure: Failed) -> None:
-        await self._publish(job.channel, failure, done=self._keys.done(job.request_id))
+    async def _fail(self, job: ChatJob, failure: Failed, *, keep: bool = True) -> None:
+        await self._publish(job.channel, failure, done=self._keys.done(job.request_id) if keep else None)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -280,6 +280,8 @@ class WorkerRuntime:
             await self._fail(
                 job,
                 Failed(code="timeout", message="The request did not finish within its timeout.", status=504),
+                # The front gives up at the same deadline: nobody will look for it later.
+                keep=False,
             )
             return None
         reason = outcome.reason

@@ -18,10 +18,10 @@ def body(content: str, **extra: object) -> dict[str, object]:
     return {"model": SMOL, "messages": [{"role": "user", "content": content}], **extra}
 
 
-def wait_for(check: Callable[[], object], *, timeout_s: float, what: str) -> float:
+def wait_for(check: Callable[[], object], *, timeout_s: float, what: str | Callable[[], object]) -> float:
     started = time.monotonic()
     while not check():
-        assert time.monotonic() - started < timeout_s, what
+        assert time.monotonic() - started < timeout_s, what() if callable(what) else what
         time.sleep(0.02)
     return time.monotonic() - started
 

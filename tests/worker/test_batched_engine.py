@@ -198,3 +198,19 @@ def test_a_prompt_that_cannot_fit_is_refused_before_it_runs(make_engine: MakeEng
     engine = make_engine(n_ctx=256)
     with pytest.raises(PromptTooLong):
         engine.prepare([Message("user", "word " * 300)], GREEDY)
+
+
+def test_a_sliding_window_model_batches_and_reuses_prefixes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Gemma 3 mixes sliding-window layers into its KV cache: the prefix check must hold there too.
+    path = resolve_embedded("gemma3-270m", models_dir=tmp_path_factory.mktemp("gemma"))
+    engine = BatchedLlamaEngine(model_id="gemma3-270m", path=path, n_ctx=1024, slots=2, n_threads=2, gpu_layers=0)
+    try:
+        params = SamplingParams(max_tokens=8, temperature=0.0)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            together = list(pool.map(lambda q: ask(engine, q, params), QUESTIONS[:2]))
+        assert all(text and outcome.completion_tokens > 0 for text, outcome in together)
+        before = engine.prefilled_tokens
+        assert ask(engine, QUESTIONS[0], params)[0]
+        assert engine.prefilled_tokens - before == 1
+    finally:
+        engine.close()
