@@ -69,14 +69,21 @@ class HeaderDeadline:
             self._transport.close()
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a HeaderDeadline; protocol_class sets the limits."""
+class _HeaderGuard:
+    """Mixed into one of uvicorn's HTTP protocols: a HeaderDeadline per connection.
+
+    protocol_class sets the limits on a subclass.
+    """
 
     header_read_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
+    # Provided by the uvicorn protocol this is mixed into.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self.header_deadline = HeaderDeadline(
             loop=self.loop, timeout_s=self.header_read_timeout_s, max_bytes=self.max_header_bytes
         )
@@ -84,35 +91,20 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.header_deadline.before_data(self.transport, self.cycle)
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self.header_deadline.after_data(self.cycle, len(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.header_deadline.disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """The same for uvicorn's faster httptools protocol, which has no header size limit of its own."""
+class GuardedH11Protocol(_HeaderGuard, H11Protocol):
+    """uvicorn's h11 protocol with a header deadline."""
 
-    header_read_timeout_s: float = 10.0
-    max_header_bytes: int = 16 * 1024
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.header_deadline = HeaderDeadline(
-            loop=self.loop, timeout_s=self.header_read_timeout_s, max_bytes=self.max_header_bytes
-        )
-        self.header_deadline.arm(transport, self.cycle)
-
-    def data_received(self, data: bytes) -> None:
-        self.header_deadline.before_data(self.transport, self.cycle)
-        super().data_received(data)
-        self.header_deadline.after_data(self.cycle, len(data))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.header_deadline.disarm()
-        super().connection_lost(exc)
+class GuardedHttpToolsProtocol(_HeaderGuard, HttpToolsProtocol):
+    """uvicorn's faster httptools protocol, which has no header size limit of its own, with one."""
 
 
 def protocol_class(settings: Settings, *, httptools: bool = True) -> type[asyncio.Protocol]:
