@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,13 +15,15 @@ from api.dependencies import Services
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.fleet import FleetService
+from api.metrics import FrontMetrics
 from api.model_cards import ModelCards
 from api.queue_view import QueueView
-from api.routes import chat, health, models, queue
+from api.routes import chat, health, metrics, models, queue
 from api.security import install_guards
 from api.server import server_options
 from api.service import ChatService
 from presets.errors import PresetsError
+from presets.logs import configure_logging
 from presets.registry import registry_from_settings
 from presets.settings import Settings, load_settings
 from presets.validation import validate_active
@@ -56,17 +57,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reject_when_full=settings.reject_when_full,
         )
         fleet = FleetService(catalog=catalog, redis=redis)
+        queue_view = QueueView(redis=redis, catalog=catalog, admission=admission)
+        front_metrics = FrontMetrics(
+            redis=redis,
+            keys=Keys(prefix=settings.key_prefix),
+            queue=queue_view,
+            models=registry.model_ids(),
+            priority_levels=settings.priority_levels,
+        )
         app.state.services = Services(
             settings=settings,
             catalog=catalog,
             chat=ChatService(settings=settings, redis=redis, hub=hub, catalog=catalog, admission=admission),
             fleet=fleet,
             models=ModelCards(catalog=catalog, fleet=fleet),
-            queue=QueueView(redis=redis, catalog=catalog, admission=admission),
+            queue=queue_view,
+            metrics=front_metrics,
         )
+        await front_metrics.start()
         try:
             yield
         finally:
+            await front_metrics.stop()
             await hub.stop()
             await redis.aclose(close_connection_pool=True)
 
@@ -77,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(queue.router)
+    app.include_router(metrics.router)
     return app
 
 
@@ -84,12 +97,18 @@ def main() -> None:
     import uvicorn
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
         app = create_app(settings)
     except PresetsError as exc:
         print(f"front: {exc}", file=sys.stderr)
         sys.exit(2)
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), **server_options(settings)
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # configure_logging owns the handlers: uvicorn's lines go through them, in the same format.
+        log_config=None,
+        **server_options(settings),
     )

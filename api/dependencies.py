@@ -8,6 +8,7 @@ from fastapi import Request
 
 from api.catalog import Catalog
 from api.fleet import FleetService
+from api.metrics import FrontMetrics
 from api.model_cards import ModelCards
 from api.queue_view import QueueView
 from api.service import ChatService
@@ -22,6 +23,7 @@ class Services:
     fleet: FleetService
     models: ModelCards
     queue: QueueView
+    metrics: FrontMetrics
 
 
 def services(request: Request) -> Services:

@@ -16,6 +16,7 @@ from api.admission import Admission
 from api.catalog import Catalog
 from api.errors import ClientClosedRequest, EventsLost, GenerationFailed, InvalidRequest, RequestTimeout, error_for
 from api.events import EventHub
+from api.metrics import RequestAccount
 from api.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -27,7 +28,7 @@ from api.protocol import (
 from api.watchdog import Followed, Watchdog
 from orchestration.errors import NotEnoughModels, UnknownMode
 from orchestration.start import start_dag, withdraw_dag
-from orchestration.team import Team
+from orchestration.team import Team, team_for
 from presets.settings import Settings
 from worker.keys import Keys
 from worker.protocol import (
@@ -155,16 +156,23 @@ class ChatService:
 
     async def _team(self, mode: str) -> Team:
         served = (await self._catalog.view()).served()
-        roles = self._catalog.roles()
         active = self._catalog.active
-        # The preset's order first: ties between equally fit models go the preset's way.
-        ordered = [m for m in active.models if m in served] + [m for m in served if m not in active.models]
-        return Team(
-            models={m: tuple(roles.get(m, ())) for m in ordered},
-            assignments=dict(active.steps) if active.mode == mode else {},
+        return team_for(
+            mode=mode,
+            served=served,
+            roles=self._catalog.roles(),
+            preset_models=active.models,
+            preset_mode=active.mode,
+            preset_steps=active.steps,
         )
 
-    async def submit(self, request: ChatCompletionRequest, *, accept_wait_s: float | None = None) -> Submission:
+    async def submit(
+        self,
+        request: ChatCompletionRequest,
+        *,
+        accept_wait_s: float | None = None,
+        account: RequestAccount | None = None,
+    ) -> Submission:
         """Admit and queue the request, then wait until a worker accepted it.
 
         Errors a worker reports before accepting (a prompt too long for the model) raise here,
@@ -185,6 +193,8 @@ class ChatService:
             model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
             await self._catalog.check_completion_limit(model, request.completion_limit())
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if account is not None:
+            account.routed(request_id=request_id, model=model)
         job = self._job_for(request, request_id=request_id, model=model, deadline_ms=deadline_ms)
         resources = contextlib.AsyncExitStack()
         try:
@@ -385,8 +395,10 @@ class ChatService:
         elif event.tokens_sent and event.tokens_sent != followed.tokens_seen:
             raise EventsLost("The end of the answer was lost on its way to this server.")
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        submission = await self.submit(request)
+    async def complete(
+        self, request: ChatCompletionRequest, *, account: RequestAccount | None = None
+    ) -> ChatCompletion:
+        submission = await self.submit(request, account=account)
         try:
             parts: list[str] = []
             finish: Finished | None = None

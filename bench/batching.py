@@ -76,12 +76,13 @@ class BatchingResults:
         return ratio(self.memory.get(label, {}).get("rss_mb", math.nan), one)
 
 
-def open_engine(model_path: Path, *, slots: int, threads: int, n_ctx: int) -> Any:
+def open_engine(model_path: Path, *, slots: int, threads: int, n_ctx: int, shared_kv: bool = True) -> Any:
     from worker.batched_engine import BatchedLlamaEngine
 
     return BatchedLlamaEngine(
-        model_id="bench", path=model_path, n_ctx=n_ctx, slots=slots, n_threads=threads, gpu_layers=0
-    )
+        model_id="bench", path=model_path, n_ctx=n_ctx, slots=slots, n_threads=threads, gpu_layers=0,
+        shared_kv=shared_kv,
+    )  # fmt: skip
 
 
 def stream(engine: Any, content: str, *, max_tokens: int, system: str | None = None) -> RequestRecord:
@@ -193,16 +194,23 @@ def memory(model_path: Path, cfg: BenchConfig) -> dict[str, dict[str, float]]:
     """Each configuration in a fresh process: what the worker holds with it."""
     found: dict[str, dict[str, float]] = {}
     n = cfg.concurrency
-    for label, slots, engines in (("1 slot", 1, 0), (f"{n} slots", n, 0), (f"{n} engines, no batching", 1, n)):
+    configurations = (
+        ("1 slot", 1, 0, "shared"), (f"{n} slots", n, 0, "shared"),
+        (f"{n} slots, a KV cache per slot (INFERENCE_SHARED_KV_CACHE=false)", n, 0, "per-slot"),
+        (f"{n} engines, no batching", 1, n, "shared"),
+    )  # fmt: skip
+    for label, slots, engines, kv in configurations:
         argv = [sys.executable, "-m", "bench.batching", "--rss-probe", str(model_path), "--slots", str(slots),
                 "--engines", str(engines), "--width", str(n), "--threads", str(cfg.threads),
-                "--n-ctx", str(cfg.n_ctx)]  # fmt: skip
+                "--n-ctx", str(cfg.n_ctx), "--kv", kv]  # fmt: skip
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
         found[label] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
 
 
-def _probe(model_path: Path, *, slots: int, engines: int, width: int, threads: int, n_ctx: int) -> dict[str, float]:
+def _probe(
+    model_path: Path, *, slots: int, engines: int, width: int, threads: int, n_ctx: int, shared_kv: bool
+) -> dict[str, float]:
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)
@@ -212,7 +220,7 @@ def _probe(model_path: Path, *, slots: int, engines: int, width: int, threads: i
         loaded = [LlamaEngine(model_id="bench", path=model_path, n_ctx=n_ctx, n_threads=threads, gpu_layers=0)
                   for _ in range(engines)]  # fmt: skip
     else:
-        loaded = [open_engine(model_path, slots=slots, threads=threads, n_ctx=n_ctx)] * width
+        loaded = [open_engine(model_path, slots=slots, threads=threads, n_ctx=n_ctx, shared_kv=shared_kv)] * width
     with ThreadPoolExecutor(max_workers=width) as pool:
         list(pool.map(lambda i: stream(loaded[i], prompt(i), max_tokens=16), range(width)))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -311,6 +319,7 @@ def render(found: BatchingResults) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rss-probe", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kv", choices=("shared", "per-slot"), default="shared", help=argparse.SUPPRESS)
     parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--engines", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=4, help=argparse.SUPPRESS)
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.rss_probe:
         found = _probe(args.rss_probe, slots=args.slots, engines=args.engines, width=args.width,
-                       threads=args.threads, n_ctx=args.n_ctx)  # fmt: skip
+                       threads=args.threads, n_ctx=args.n_ctx, shared_kv=args.kv == "shared")  # fmt: skip
         print(json.dumps(found))
         return 0
     from bench.run_all import config_from, parse_args

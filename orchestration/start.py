@@ -22,6 +22,37 @@ from worker.protocol import ChatJob
 from worker.queue import QueuePolicy
 
 
+def make_plan(
+    *, settings: Settings, policy: QueuePolicy, template: ChatJob, mode: str, team: Team, created_ms: int
+) -> Plan:
+    """The request's plan: who runs which step under which limits. Pure: touches no Redis.
+
+    Raises NotEnoughModels (a ValueError) when ``team`` has fewer models than ``mode``
+    needs, and UnknownMode for a mode that does not exist.
+    """
+    cast = cast_for(
+        team,
+        mode=mode,
+        task_type=template.task_type,
+        reconcile_target=settings.debate_reconcile_model,
+        synthesis_target=settings.ensemble_synthesis_model,
+        pipeline_stages=settings.pipeline_stages,
+        max_debaters=settings.debate_max_participants,
+    )
+    return Plan(
+        dag_id=template.request_id,
+        mode=mode,
+        template=template,
+        cast=cast,
+        limits=Limits.of(settings),
+        queue_strategy=policy.strategy,
+        queue_ageing_s=policy.ageing_s,
+        queue_levels=policy.levels,
+        ttl_s=settings.dag_ttl_s,
+        created_ms=created_ms,
+    )
+
+
 async def start_dag(
     redis: ArqRedis,
     *,
@@ -32,29 +63,16 @@ async def start_dag(
     mode: str,
     team: Team,
 ) -> None:
-    """Plan the request's steps, store the plan and queue the first step(s).
+    """Plan the request's steps (``make_plan``), store the plan and queue the first step(s).
 
-    Raises NotEnoughModels (a ValueError) when ``team`` has fewer models than ``mode``
-    needs, and UnknownMode for a mode that does not exist; nothing is written then.
+    Raises as ``make_plan`` does; nothing is written then.
     """
-    cast = cast_for(
-        team,
-        mode=mode,
-        task_type=template.task_type,
-        reconcile_target=settings.debate_reconcile_model,
-        synthesis_target=settings.ensemble_synthesis_model,
-        pipeline_stages=settings.pipeline_stages,
-    )
-    plan = Plan(
-        dag_id=template.request_id,
-        mode=mode,
+    plan = make_plan(
+        settings=settings,
+        policy=policy,
         template=template,
-        cast=cast,
-        limits=Limits.of(settings),
-        queue_strategy=policy.strategy,
-        queue_ageing_s=policy.ageing_s,
-        queue_levels=policy.levels,
-        ttl_s=settings.dag_ttl_s,
+        mode=mode,
+        team=team,
         created_ms=int(time.time() * 1000),
     )
     store = DagStore(redis, keys=keys, dag_id=plan.dag_id, ttl_s=plan.ttl_s)

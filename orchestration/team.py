@@ -4,9 +4,9 @@ Follows the spec's "Orchestration Role Assignments" table:
 
 - critique: generator = primary (coder for code task types, longctx for long-document
   ones); critic = thinker, a different model from the generator whenever one exists.
-- debate: every loaded model takes part (at most three; models with a reasoning role
-  before fast-only ones); the reconciler is INFERENCE_DEBATE_RECONCILE_MODEL, a role
-  name (or a loaded model id).
+- debate: every loaded model takes part, unless INFERENCE_DEBATE_MAX_PARTICIPANTS caps
+  them (then models with a reasoning role go before fast-only ones); the reconciler is
+  INFERENCE_DEBATE_RECONCILE_MODEL, a role name (or a loaded model id).
 - ensemble: every loaded model answers; the synthesizer is INFERENCE_ENSEMBLE_SYNTHESIS_MODEL.
 - pipeline: drafter = fast, refiner = coder for code tasks or thinker otherwise,
   validator = primary, each a different model; a stage no spare model fits is skipped.
@@ -27,7 +27,6 @@ from orchestration.errors import NotEnoughModels, UnknownMode
 from presets.roles import MIN_MODELS, PIPELINE_STAGE_STEPS, pick_model
 from presets.routing import role_for_task
 
-MAX_DEBATERS = 3
 # Pipeline stages always run in this order; INFERENCE_PIPELINE_STAGES picks which run.
 STAGE_ORDER: tuple[str, ...] = ("draft", "refine", "validate")
 STAGE_STEP: Mapping[str, str] = PIPELINE_STAGE_STEPS
@@ -40,6 +39,28 @@ class Team:
 
     models: Mapping[str, tuple[str, ...]]
     assignments: Mapping[str, str] = field(default_factory=dict)
+
+
+def team_for(
+    *,
+    mode: str,
+    served: Iterable[str],
+    roles: Mapping[str, Sequence[str]],
+    preset_models: Sequence[str],
+    preset_mode: str,
+    preset_steps: Mapping[str, str],
+) -> Team:
+    """The team a request of ``mode`` gets from the models served now.
+
+    The preset's order comes first, so ties between equally fit models go the preset's way;
+    its step assignments hold only for the mode it was written for.
+    """
+    live = list(dict.fromkeys(served))
+    ordered = [m for m in preset_models if m in live] + [m for m in live if m not in preset_models]
+    return Team(
+        models={m: tuple(roles.get(m, ())) for m in ordered},
+        assignments=dict(preset_steps) if preset_mode == mode else {},
+    )
 
 
 class Cast(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,8 +113,12 @@ def cast_for(
     reconcile_target: str,
     synthesis_target: str,
     pipeline_stages: Sequence[str],
+    max_debaters: int = 0,
 ) -> Cast:
-    """Choose models per step; NotEnoughModels when the mode needs more than are loaded."""
+    """Choose models per step; NotEnoughModels when the mode needs more than are loaded.
+
+    ``max_debaters``: 0 lets every model debate; N keeps the N that fit debate best.
+    """
     if mode not in MIN_MODELS:
         raise UnknownMode(mode)
     if len(team.models) < MIN_MODELS[mode]:
@@ -102,7 +127,7 @@ def cast_for(
     if mode == "critique":
         return _critique(picker, task_type)
     if mode == "debate":
-        debaters = _debaters(picker)
+        debaters = _debaters(picker, limit=max_debaters)
         reconciler = picker.assigned("reconciler") or picker.target(reconcile_target)
         return Cast(steps={"reconciler": reconciler}, participants=debaters)
     if mode == "ensemble":
@@ -139,14 +164,16 @@ def _critique(picker: _Picker, task_type: str | None) -> Cast:
     return Cast(steps={"generator": chosen_generator, "critic": chosen_critic})
 
 
-def _debaters(picker: _Picker) -> list[str]:
+def _debaters(picker: _Picker, *, limit: int) -> list[str]:
     def rank(model: str) -> int:
         roles = tuple(picker.roles.get(model, ()))
         if roles[:1] and roles[0] in _REASONING_ROLES:
             return 0
         return 1 if _REASONING_ROLES.intersection(roles) else 2
 
-    return sorted(picker.models, key=rank)[:MAX_DEBATERS]
+    ranked = sorted(picker.models, key=rank)
+    # A debate needs two voices whatever the cap says.
+    return ranked if limit <= 0 else ranked[: max(limit, MIN_MODELS["debate"])]
 
 
 def _pipeline(picker: _Picker, task_type: str | None, pipeline_stages: Sequence[str]) -> Cast:

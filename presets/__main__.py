@@ -1,4 +1,4 @@
-"""``python -m presets``: list, download, verify and check the model configuration.
+"""``python -m presets``: list, download, verify and check the model configuration; plan a request.
 
 Exit codes: 0 success; 1 verify found a mismatch or a download could not run here;
 2 the configuration is invalid (one line on stderr, never a traceback).
@@ -17,6 +17,7 @@ from presets.active import resolve_active
 from presets.errors import ConfigError, PresetsError
 from presets.files import DownloadUnavailable, FileStatus, download_model, verify_model
 from presets.registry import Registry, load_registry
+from presets.roles import MODES
 from presets.settings import Settings, load_settings
 from presets.validation import validate_active
 
@@ -112,6 +113,42 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    # Imported here: orchestration builds on presets, and the other commands need none of it.
+    from orchestration.errors import NotEnoughModels, UnknownMode
+    from orchestration.preview import preview_dag
+
+    settings = _load_settings()
+    registry = load_registry(models_dir=settings.models_dir, model_roles_override=settings.model_roles)
+    active = resolve_active(registry, settings.model_copy(update={"config": args.preset}))
+    validate_active(active, registry, check_files=False)
+    try:
+        preview = preview_dag(active, settings=settings, mode=args.mode, task_type=args.task_type)
+    except (NotEnoughModels, UnknownMode) as exc:
+        raise ConfigError(str(exc)) from None
+    plan = preview.plan
+    print(f"preset {active.config}  mode {plan.mode}  models {', '.join(active.models)}")
+    for step, model in plan.cast.steps.items():
+        print(f"  {step}: {model}")
+    if plan.cast.participants:
+        print(f"  participants ({len(plan.cast.participants)}): {', '.join(plan.cast.participants)}")
+    if plan.cast.stages:
+        print(f"  stages: {' -> '.join(plan.cast.stages)}")
+    rounds = f"max rounds {preview.max_rounds}" if preview.max_rounds is not None else "one pass"
+    print(f"  {rounds}; first: {', '.join(preview.first)}")
+    if preview.early_exit:
+        print(f"  longest path shown; {preview.early_exit}")
+    print()
+    rows = [
+        [step.name, step.model, ", ".join(step.after) or "-", "yes" if step.streamed else ""]
+        for step in preview.steps
+    ]
+    print(_table(["STEP", "MODEL", "AFTER", "STREAMED"], rows))
+    print()
+    print(f"models_used: {', '.join(preview.models_used)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m presets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,7 +172,23 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the active configuration from INFERENCE_* settings")
     check.add_argument("--no-files", action="store_true", help="skip the model file checks")
     check.set_defaults(handler=_cmd_check)
+
+    plan = sub.add_parser("plan", help="print the DAG of steps a request would run; loads nothing")
+    plan.add_argument("preset")
+    plan.add_argument("--mode", choices=MODES, default=None, help="orchestration mode (default: the preset's)")
+    plan.add_argument("--task-type", default=None, help="the request's task_type (changes critique generators)")
+    plan.set_defaults(handler=_cmd_plan)
+
+    envfile = sub.add_parser("envfile", help="print .env.example: every INFERENCE_* setting, its default, its meaning")
+    envfile.set_defaults(handler=_cmd_envfile)
     return parser
+
+
+def _cmd_envfile(args: argparse.Namespace) -> int:
+    from presets.envfile import render
+
+    print(render(), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,11 +29,16 @@ if TYPE_CHECKING:
     from presets.settings import Settings
 
 DEFAULT_PIPELINE_STAGES: tuple[str, ...] = ("draft", "refine", "validate")
+# INFERENCE_DEBATE_RECONCILE_MODEL / INFERENCE_ENSEMBLE_SYNTHESIS_MODEL when unset.
+DEFAULT_TARGET = "primary"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ActiveConfig:
-    """What the service runs. ``steps`` maps step role -> model id, in run order."""
+    """What the service runs. ``steps`` maps step role -> model id, in run order.
+
+    ``assigned``: the steps whose model is the preset's own choice, not derived from roles.
+    """
 
     config: str
     models: tuple[str, ...]
@@ -44,6 +49,7 @@ class ActiveConfig:
     synthesis_model: str = "primary"
     pipeline_stages: tuple[str, ...] = DEFAULT_PIPELINE_STAGES
     overridden: frozenset[str] = frozenset()
+    assigned: frozenset[str] = frozenset()
 
     @property
     def participants(self) -> tuple[str, ...]:
@@ -171,6 +177,7 @@ def build_active(
         and chosen_mode == preset.mode
         and set(preset.steps.values()) <= set(chosen_models)
     )
+    assigned: frozenset[str] = frozenset()
     if preset is not None and usable:
         steps = _preset_steps(
             preset.steps,
@@ -181,6 +188,7 @@ def build_active(
             synthesis_model=synthesis_model,
             pipeline_stages=stages,
         )
+        assigned = frozenset(step for step, model in steps.items() if preset.steps.get(step) == model)
     else:
         steps = derive_steps(
             chosen_mode,
@@ -200,6 +208,7 @@ def build_active(
         synthesis_model=synthesis_model,
         pipeline_stages=stages,
         overridden=frozenset(overridden),
+        assigned=assigned,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -15,6 +15,7 @@ import yaml
 from presets.embedded import EMBEDDED_MODELS, EmbeddedModelMissing, resolve_embedded
 from presets.errors import ConfigError, UnknownModelError, UnknownPresetError
 from presets.gguf import GGUFError, read_context_length
+from presets.placement import Placement, placement_from
 from presets.roles import MODES, ROLES
 from presets.settings import OrchestrationMode
 
@@ -54,6 +55,7 @@ class ModelSpec:
     kv_cache_mb_per_1k_tokens: float
     memory_mb: int
     roles: tuple[str, ...]
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def file_name(self) -> str:
@@ -216,6 +218,7 @@ def _parse_model(model_id: str, raw: Mapping[str, Any]) -> ModelSpec:
         kv_cache_mb_per_1k_tokens=float(_get(raw, "kv_cache_mb_per_1k_tokens", (int, float), where)),
         memory_mb=_get(raw, "memory_mb", int, where),
         roles=roles,
+        placement=placement_from(raw.get("placement"), where=where),
     )
 
 

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     port: int = 8085
     host: str = "0.0.0.0"
     log_level: str = "INFO"
+    # "json": one JSON object per line with the request's id, model, worker and step (presets/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Redis: every key this service writes starts with key_prefix (see README).
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -51,9 +53,13 @@ class Settings(BaseSettings):
     worker_model: str | None = None
     worker_id: str | None = None
     n_threads: int | None = None
-    n_ctx: int = 4096
+    # None runs each model at its registry context; a number caps every model's (see presets.context).
+    n_ctx: int | None = Field(default=None, ge=64)
     null_token_delay_ms: float = 0.0
     gpu_layers: int = -1
+    # JSON: model id -> placement fields (gpu, gpu_layers, main_gpu, tensor_split) that win over
+    # the registry's; see presets/placement.py.
+    model_placement: Annotated[dict[str, dict[str, object]], NoDecode] = Field(default_factory=dict)
     # llama.cpp's repacked CPU weight layouts: "auto" turns them off on CPUs with AMX, whose
     # path crashes there (see worker/hardware.py); "on"/"off" force the choice.
     cpu_extra_buffers: Literal["auto", "on", "off"] = "auto"
@@ -86,6 +92,9 @@ class Settings(BaseSettings):
     critique_threshold: float = 0.8
     debate_max_rounds: int = 3
     debate_reconcile_model: str = "primary"
+    # 0: every loaded model debates; N keeps the N best-fitting (reasoning roles first) to bound
+    # the memory and time of a round. The summary's models_used names who took part.
+    debate_max_participants: int = Field(default=0, ge=0)
     debate_agreement_threshold: float = 0.8
     ensemble_min_agreement: float = 0.7
     ensemble_synthesis_model: str = "primary"
@@ -139,14 +148,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("model_roles", mode="before")
+    @field_validator("model_roles", "model_placement", mode="before")
     @classmethod
     def _parse_roles(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("orchestration_mode", "worker_model", mode="before")
+    @field_validator("orchestration_mode", "worker_model", "n_ctx", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -6,11 +6,13 @@ Rules, checked in this order:
 2. Every role (from the registry or INFERENCE_MODEL_ROLES) is one of primary, fast,
    coder, thinker, longctx.
 3. The mode has enough models: single 1, critique/debate/ensemble/pipeline 2.
-4. The mode's roles are covered by the loaded models:
+4. The mode's roles are covered by the loaded models, except for steps the preset assigns
+   itself (its table is the spec's word on who does what, whatever the roles say):
    - critique: a generator, i.e. a model with role primary, coder or longctx, plus a
      second model as critic (a thinker is preferred but any model may critique);
    - debate: a reconciler, i.e. the model INFERENCE_DEBATE_RECONCILE_MODEL names, or a
-     model with the role it names (default ``primary``);
+     model with the role it names (default ``primary``, which defers to the preset's own
+     reconciler; any other value must match a loaded model);
    - ensemble: a synthesizer, likewise from INFERENCE_ENSEMBLE_SYNTHESIS_MODEL;
    - pipeline: a ``fast`` model (drafter) and a different ``primary`` model (validator
      or final stage), and only known stage names in INFERENCE_PIPELINE_STAGES.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from presets.active import ActiveConfig, build_active
+from presets.active import DEFAULT_TARGET, ActiveConfig, build_active
 from presets.errors import ConfigError
 from presets.files import FileStatus, download_command, download_hint, verify_model
 from presets.registry import Registry
@@ -61,6 +63,8 @@ def _check_models(active: ActiveConfig, registry: Registry, where: str) -> None:
 def _check_target(active: ActiveConfig, where: str, *, step: str, target: str, setting: str) -> None:
     if target in active.models or _covers(active.models, active.roles, [target]):
         return
+    if target == DEFAULT_TARGET and step in active.assigned:
+        return
     kind = "model" if target not in ROLES else "role"
     raise ConfigError(
         f"{where}: mode {active.mode!r} needs a {step} ({setting}={target}) but no loaded model is that "
@@ -70,7 +74,8 @@ def _check_target(active: ActiveConfig, where: str, *, step: str, target: str, s
 
 def _check_role_coverage(active: ActiveConfig, where: str) -> None:
     loaded = _roles_text(active.models, active.roles)
-    if active.mode == "critique" and not _covers(active.models, active.roles, GENERATOR_ROLES):
+    generator_set = "generator" in active.assigned
+    if active.mode == "critique" and not generator_set and not _covers(active.models, active.roles, GENERATOR_ROLES):
         raise ConfigError(
             f"{where}: mode 'critique' needs a generator (a model with role primary, coder or longctx) "
             f"but none is loaded (loaded: {loaded})"
@@ -96,7 +101,8 @@ def _check_role_coverage(active: ActiveConfig, where: str) -> None:
             )
         fast = _covers(active.models, active.roles, ["fast"])
         primary = _covers(active.models, active.roles, ["primary"])
-        if not any(f != p for f in fast for p in primary):
+        preset_pipeline = "drafter" in active.assigned and len(active.assigned) >= 2
+        if not preset_pipeline and not any(f != p for f in fast for p in primary):
             raise ConfigError(
                 f"{where}: mode 'pipeline' needs a 'fast' model (drafter) and a different 'primary' model "
                 f"(validator) (loaded: {loaded})"

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from arq.worker import run_worker
 
 from presets.embedded import EmbeddedModelMissing
 from presets.errors import PresetsError
+from presets.logs import configure_logging
 from presets.settings import load_settings
 from worker.app import WorkerSetupError, create_worker_settings
 
 
 def main() -> int:
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
         run_worker(create_worker_settings(settings))
     except (WorkerSetupError, PresetsError, EmbeddedModelMissing) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ from arq import func
 from arq.connections import RedisSettings
 
 from orchestration.steps import abandon_step, complete_step, recorded_result
+from presets.context import context_for
+from presets.logs import bind, configure_logging
+from presets.registry import load_registry
 from presets.settings import Settings
 from worker.bad_jobs import drop_undecodable
 from worker.engine import Engine, LlamaEngine
 from worker.keys import Keys
+from worker.metrics import WorkerMetrics
 from worker.null_engine import NullEngine
 from worker.pool import WakeablePool
 from worker.presence import Presence, new_worker_id
@@ -58,6 +63,9 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
     copies = max(settings.max_concurrent_per_model, 1)
     if settings.backend == "null":
         return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000) for _ in range(copies)]
+    # The model's own window, capped by INFERENCE_N_CTX and the memory budget (presets/context.py).
+    n_ctx = context_for(model_id, settings, load_registry(models_dir=settings.models_dir))
+    settings = settings.model_copy(update={"n_ctx": n_ctx})
     if settings.backend == "vllm":
         from worker.vllm_engine import VllmEngine
 
@@ -72,7 +80,7 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
         batched = BatchedLlamaEngine(
             model_id=model_id,
             path=path,
-            n_ctx=settings.n_ctx,
+            n_ctx=n_ctx,
             slots=copies,
             n_threads=settings.n_threads,
             gpu_layers=settings.gpu_layers,
@@ -84,7 +92,7 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
         LlamaEngine(
             model_id=model_id,
             path=path,
-            n_ctx=settings.n_ctx,
+            n_ctx=n_ctx,
             # llama.cpp's own default is half the cores; a worker owns its slot, so take them all.
             n_threads=settings.n_threads or os.cpu_count(),
             gpu_layers=settings.gpu_layers,
@@ -118,7 +126,14 @@ async def _startup(ctx: dict[str, Any]) -> None:
     keys = Keys(prefix=settings.key_prefix)
     model_id: str = ctx["model_id"]
     worker_id = settings.worker_id or new_worker_id()
-    presence = Presence(pool, keys=keys, model=model_id, worker_id=worker_id, ttl_s=settings.heartbeat_ttl_s)
+    # arq's CLI configured logging before this hook: take it over for the configured format.
+    configure_logging(settings)
+    # Every task started from here on (arq's job tasks included) logs with these.
+    bind(model=model_id, worker_id=worker_id)
+    metrics = WorkerMetrics(keys.metrics, model=model_id)
+    presence = Presence(
+        pool, keys=keys, model=model_id, worker_id=worker_id, ttl_s=settings.heartbeat_ttl_s, also_write=metrics.write
+    )
     await presence.start(backend=settings.backend, context_length=0)
     try:
         # Off the event loop: the heartbeat goes on while a large model loads.
@@ -138,6 +153,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         # enough finds its jobs within a second of that.
         reap_interval_s=min(1.0, settings.heartbeat_ttl_s / 5),
         stream_interval_s=settings.stream_interval_ms / 1000,
+        metrics=metrics,
     )
     await runtime.start()
     await pool.start_wake_listener()
@@ -165,6 +181,7 @@ async def chat(ctx: dict[str, Any], payload: bytes) -> None:
     runtime: WorkerRuntime = ctx["runtime"]
     try:
         job = decode_job(payload)
+        bind(request_id=job.request_id, step=job.step, started_s=time.monotonic())
     except (msgspec.DecodeError, TypeError) as exc:
         # Not retried: the same bytes would fail the same way on every try.
         settings: Settings = ctx["settings"]

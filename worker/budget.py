@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from presets.context import context_for
+from presets.context import worker_memory_mb as context_worker_memory_mb
 from presets.registry import Registry
 from presets.settings import Settings
 from worker.presence import WorkerInfo
 
 
 def worker_memory_mb(registry: Registry, settings: Settings, model: str) -> int:
-    """What one worker of the model takes: weights, KV cache for its context, buffers."""
-    n_ctx = min(settings.n_ctx, registry.context_length(model))
-    copies = max(settings.max_concurrent_per_model, 1)
-    return registry.model(model).memory_estimate_mb(n_ctx=n_ctx) * copies
+    """What one worker of the model takes: weights, KV cache for the context it runs at, buffers."""
+    n_ctx = context_for(model, settings, registry)
+    return context_worker_memory_mb(registry.model(model), n_ctx=n_ctx, settings=settings)
 
 
 def in_use_by_host_mb(registry: Registry, settings: Settings, workers: Iterable[WorkerInfo]) -> dict[str, int]:

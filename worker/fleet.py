@@ -27,6 +27,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from presets.errors import PresetsError, UnknownModelError
+from presets.logs import configure_logging
+from presets.placement import placement_for
 from presets.registry import Registry, registry_from_settings
 from presets.settings import Settings, load_settings
 from presets.validation import validate_active
@@ -174,7 +176,8 @@ class Fleet:
                         return False
                 await self._redis.set(self._keys.loading(model), b"1", ex=self._loading_ttl_s())
                 await self._redis.delete(self._keys.unavailable(model))
-                child = Child.spawn(model)
+                placement = placement_for(model, self._settings, self._registry)
+                child = Child.spawn(model, extra_env=placement.worker_env())
                 self._children[model] = child
                 self._wanted.add(model)
                 self._due.pop(model, None)
@@ -318,7 +321,7 @@ async def _main(settings: Settings, registry: Registry, models: list[str]) -> No
 
 def main() -> int:
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
         registry = registry_from_settings(settings)
         active = registry.resolve_active(settings)

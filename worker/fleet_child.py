@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -54,8 +55,9 @@ class Child:
     stopping_since_s: float | None = None
 
     @classmethod
-    def spawn(cls, model: str) -> Child:
-        env = {**os.environ, "INFERENCE_WORKER_MODEL": model}
+    def spawn(cls, model: str, *, extra_env: Mapping[str, str] | None = None) -> Child:
+        # extra_env: the model's placement (CUDA_VISIBLE_DEVICES), see presets/placement.py.
+        env = {**os.environ, **(extra_env or {}), "INFERENCE_WORKER_MODEL": model}
         # `python -m worker` is `arq worker.Settings` with a one-line error and exit 2 on bad setup.
         process = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stderr=subprocess.PIPE)
         tail = StderrTail()

@@ -97,6 +97,11 @@ class Keys:
         """Sorted set of admitted request ids (queued or running), scored by their deadline ms."""
         return f"{self.prefix}:admitted"
 
+    @property
+    def metrics(self) -> str:
+        """Hash of the fleet's counters and histogram buckets, added to by every process (worker/metrics.py)."""
+        return f"{self.prefix}:metrics"
+
     def round_robin(self, role: str) -> str:
         """Counter that rotates requests for a role among the models that have it."""
         return f"{self.prefix}:rr:{role}"

@@ -189,7 +189,8 @@ class BatchScheduler:
             slot.history.append(request.next_token)
         # Alone, a prompt is read in full batches; beside generating sequences, in chunks
         # small enough that their next token is not held up long.
-        budget = self._batch_tokens - len(tokens) if not tokens else self._prefill_chunk_tokens
+        room = self._batch_tokens - len(tokens)
+        budget = room if not tokens else min(self._prefill_chunk_tokens, room)
         for request in prefilling:
             if budget <= 0:
                 break

@@ -13,14 +13,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from worker.keys import Keys
 
 logger = logging.getLogger(__name__)
+
+# Adds commands to the heartbeat's pipeline; returns what to call if that pipeline fails.
+BeatWriter = Callable[[Any], Callable[[], None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +65,19 @@ def new_worker_id() -> str:
 class Presence:
     """One worker's entry in the registry, renewed by a background heartbeat."""
 
-    def __init__(self, redis: Redis, *, keys: Keys, model: str, worker_id: str, ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        keys: Keys,
+        model: str,
+        worker_id: str,
+        ttl_s: float,
+        also_write: BeatWriter | None = None,
+    ) -> None:
         self._redis = redis
+        # The worker's metrics ride on the heartbeat: no round trip of their own.
+        self._also_write = also_write
         self._keys = keys
         self._model = model
         self._worker_id = worker_id
@@ -104,7 +119,16 @@ class Presence:
             pipe.zadd(self._keys.workers, {self.member: expires_ms})
             # Entries of workers that died without leaving; any live worker sweeps them.
             pipe.zremrangebyscore(self._keys.workers, "-inf", expires_ms - 2 * self._ttl_ms)
+            await self._execute(pipe)
+
+    async def _execute(self, pipe: Any) -> None:
+        restore = self._also_write(pipe) if self._also_write is not None else None
+        try:
             await pipe.execute()
+        except BaseException:
+            if restore is not None:
+                restore()
+            raise
 
     async def start(self, **fields: str | int) -> None:
         await self.update(**fields)
@@ -124,7 +148,7 @@ class Presence:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keys.worker(self._model, self._worker_id))
             pipe.zrem(self._keys.workers, self.member)
-            await pipe.execute()
+            await self._execute(pipe)
 
 
 # Live workers' hashes, and which of the given loading markers are set, in one round trip.

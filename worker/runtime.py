@@ -19,6 +19,7 @@ from worker.engine import Engine, Outcome, PromptRejected, PromptTooLong
 from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
 from worker.listener import Listener
+from worker.metrics import WorkerMetrics
 from worker.presence import Presence
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 from worker.recovery import Reaper, done_ttl_s
@@ -69,7 +70,9 @@ class WorkerRuntime:
         request_timeout_s: float,
         reap_interval_s: float = 1.0,
         stream_interval_s: float = 0.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._stream_interval_s = stream_interval_s
         self._done_ttl_s = done_ttl_s(request_timeout_s=request_timeout_s)
         self._reaper = Reaper(redis, keys=keys)
@@ -205,6 +208,8 @@ class WorkerRuntime:
         loop = asyncio.get_running_loop()
         cancel = control.cancel
         items: asyncio.Queue[object] = asyncio.Queue()
+        started_s = time.monotonic()
+        first_token_s: float | None = None
 
         def emit(text: str) -> None:
             loop.call_soon_threadsafe(items.put_nowait, text)
@@ -256,6 +261,9 @@ class WorkerRuntime:
                     )
                 elif isinstance(item, PromptRejected):
                     events.append(Failed(code="invalid_messages", message=str(item), status=400, param="messages"))
+            if first_token_s is None and collected:
+                # Once per batch of items, not per token: as close as this loop sees it.
+                first_token_s = time.monotonic()
             failed = next((e for e in events if isinstance(e, Failed)), None)
             if failed is not None:
                 await self._fail(job, failed)
@@ -286,6 +294,14 @@ class WorkerRuntime:
             return None
         reason = outcome.reason
         completion_tokens = outcome.completion_tokens
+        if self._metrics is not None:
+            self._metrics.job_done(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                started_s=started_s,
+                first_token_s=first_token_s,
+                end_s=time.monotonic(),
+            )
         if job.publish_tokens:
             end: Event = Finished(
                 reason=reason,

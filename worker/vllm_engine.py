@@ -30,6 +30,9 @@ class VllmEngine:
         from vllm import EngineArgs, LLMEngine
 
         self.model_id = model_id
+        if settings.n_ctx is None:
+            # load_engines resolves each model's window (presets.context) before it builds an engine.
+            raise ValueError("VllmEngine needs settings.n_ctx set to the model's context")
         args = EngineArgs(
             model=settings.vllm_model or str(path),
             tokenizer=settings.vllm_tokenizer,
@@ -38,7 +41,7 @@ class VllmEngine:
         )
         self._engine: Any = LLMEngine.from_engine_args(args)
         self._tokenizer: Any = self._engine.get_tokenizer()
-        self.context_length = settings.n_ctx
+        self.context_length: int = settings.n_ctx
         self._lock = threading.Lock()
         self._inboxes: dict[str, queue.SimpleQueue[Any]] = {}
         self._work = threading.Event()

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.dependencies import Services, services
 from api.errors import ServiceError, error_responses
+from api.metrics import status_of
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.service import stream_extras, until_disconnected
 from api.streaming import DONE, ChunkWriter, relay
@@ -26,10 +27,18 @@ router = APIRouter(responses=error_responses(400, 401, 404, 408, 413, 429, 500, 
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, svc: Annotated[Services, Depends(services)]
 ) -> JSONResponse | StreamingResponse:
-    if not body.stream:
-        completion = await until_disconnected(svc.chat.complete(body), request.is_disconnected)
-        return JSONResponse(completion.model_dump(exclude_none=True), headers={"X-Request-Id": completion.id})
-    submission = await svc.chat.submit(body, accept_wait_s=svc.settings.stream_accept_wait_s)
+    account = svc.metrics.account(mode=body.orchestration_mode or svc.catalog.active.mode)
+    try:
+        if not body.stream:
+            completion = await until_disconnected(svc.chat.complete(body, account=account), request.is_disconnected)
+            # complete ran in a task of its own: name the request on this task's lines too.
+            account.bind()
+            svc.metrics.finished(account, status=200)
+            return JSONResponse(completion.model_dump(exclude_none=True), headers={"X-Request-Id": completion.id})
+        submission = await svc.chat.submit(body, accept_wait_s=svc.settings.stream_accept_wait_s, account=account)
+    except BaseException as exc:
+        svc.metrics.finished(account, status=status_of(exc))
+        raise
     writer = ChunkWriter(
         request_id=submission.request_id,
         created=submission.created,
@@ -38,6 +47,7 @@ async def chat_completions(
     )
 
     async def body_stream() -> AsyncIterator[bytes]:
+        status = 200
         try:
             async for chunk in relay(
                 svc.chat.events(submission),
@@ -47,10 +57,15 @@ async def chat_completions(
             ):
                 yield chunk
         except ServiceError as exc:
+            status = exc.status
             yield writer.error(exc.body())
             yield DONE
+        except BaseException as exc:
+            status = status_of(exc)
+            raise
         finally:
             await svc.chat.close(submission)
+            svc.metrics.finished(account, status=status)
 
     headers = {
         "Cache-Control": "no-cache",

@@ -20,7 +20,7 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (compose/setup.sh installs it)")
+            raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         self._folder.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -217,7 +217,12 @@ def test_the_memory_budget_is_per_host_and_applies_at_start_up(
 ) -> None:
     # smollm2 takes 253 MB and gemma 390 MB at n_ctx 4096; phi-4 on another host does not count.
     fake_remote_worker(redis_client, prefix, model="phi-4", host="elsewhere")
-    env = {"INFERENCE_PRELOAD_MODELS": f"{SMOL},{GEMMA}", "INFERENCE_MEMORY_BUDGET_MB": "700"}
+    # At their own windows (8K, 32K) each would take most of this budget: fix the window.
+    env = {
+        "INFERENCE_PRELOAD_MODELS": f"{SMOL},{GEMMA}",
+        "INFERENCE_MEMORY_BUDGET_MB": "700",
+        "INFERENCE_N_CTX": "4096",
+    }
     url = start_front(**env)
     fleet = start_fleet(**env)
     both = {SMOL: "loaded", GEMMA: "loaded"}
@@ -227,7 +232,7 @@ def test_the_memory_budget_is_per_host_and_applies_at_start_up(
     gone = lambda: not workers_of(redis_client, prefix, SMOL) and not workers_of(redis_client, prefix, GEMMA)  # noqa: E731
     poll(gone, what="workers never left", proc=fleet)
 
-    tight = start_fleet(INFERENCE_PRELOAD_MODELS=f"{SMOL},{GEMMA}", INFERENCE_MEMORY_BUDGET_MB="400")
+    tight = start_fleet(**{**env, "INFERENCE_MEMORY_BUDGET_MB": "400"})
     card = poll(lambda: cards(url)[GEMMA].get("reason") and cards(url)[GEMMA], what="never refused", proc=tight)
     assert isinstance(card, dict) and card["status"] == "unavailable"
     assert card["reason"] == f"needs 390 MB but 253 of the 400 MB budget of host {HOST} is in use"

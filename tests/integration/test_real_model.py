@@ -136,6 +136,25 @@ def test_eight_concurrent_streams_get_the_answers_they_would_get_alone(
     assert answers == expected
 
 
+def test_a_worker_with_four_batched_slots_gives_each_stream_its_answer_alone(
+    start_worker: StartWorker, start_front: StartFront, reference_llm: Any
+) -> None:
+    # A KV cache per slot: batched sequences then decode bit-identically to a sequence alone.
+    start_worker(MODEL, INFERENCE_MAX_CONCURRENT_PER_MODEL="4", INFERENCE_SHARED_KV_CACHE="false")
+    client = openai.OpenAI(base_url=start_front() + "/v1", api_key="unused")
+    prompts = [f"Write one sentence about {topic}." for topic in ("owls", "glass", "maps", "tea")]
+    expected = [reference(reference_llm, p, 24)["choices"][0]["message"]["content"] for p in prompts]
+
+    def run(prompt: str) -> str:
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0
+        )
+        return answer.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(run, prompts)) == expected
+
+
 def test_gemma_worker_answers_with_real_usage(
     start_worker: StartWorker, start_front: StartFront, models_dir: Path
 ) -> None:

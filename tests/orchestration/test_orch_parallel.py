@@ -121,3 +121,33 @@ async def test_parallel_finishers_and_their_retries_join_exactly_once(dag: Harne
     summaries = [e for e in await dag.events() if isinstance(e, Summary)]
     assert len(summaries) == 1
     assert not [e for e in await dag.events() if isinstance(e, Token | Finished)]
+
+
+FIVE = team("phi-4", "deepseek-r1-7b", "qwen2.5-7b", "llama-3.2-3b", "phi-3-medium-128k")
+
+
+async def test_five_model_debate_runs_every_participant(dag: Harness) -> None:
+    await dag.start("debate", FIVE)
+    first = await dag.take()
+    assert {j.model for j in first} == {"phi-4", "deepseek-r1-7b", "qwen2.5-7b", "llama-3.2-3b", "phi-3-medium-128k"}
+    assert [j.step for j in first] == [f"debate.r1.m{n}" for n in range(5)]
+    for job in first:
+        await dag.finish(job, AGREE)
+    reconcile = await dag.take_one()
+    (summary,) = await dag.events()
+    assert isinstance(summary, Summary) and summary.rounds == 1
+    assert summary.models_used == [j.model for j in first]
+    assert reconcile.model == "phi-4"
+
+
+async def test_debate_cap_setting_limits_who_takes_part_and_says_so(dag: Harness, settings: Settings) -> None:
+    dag.settings = settings.model_copy(update={"debate_max_participants": 2})
+    dag.ctx["settings"] = dag.settings
+    await dag.start("debate", FIVE)
+    first = await dag.take()
+    assert [j.model for j in first] == ["phi-4", "deepseek-r1-7b"]
+    for job in first:
+        await dag.finish(job, AGREE)
+    await dag.take_one()
+    (summary,) = await dag.events()
+    assert isinstance(summary, Summary) and summary.models_used == ["phi-4", "deepseek-r1-7b"]

@@ -15,6 +15,7 @@ def cast(
     reconcile_target: str = "primary",
     synthesis_target: str = "primary",
     pipeline_stages: tuple[str, ...] = ("draft", "refine", "validate"),
+    max_debaters: int = 0,
 ) -> Cast:
     return cast_for(
         team(*models, assignments=assignments),
@@ -23,6 +24,7 @@ def cast(
         reconcile_target=reconcile_target,
         synthesis_target=synthesis_target,
         pipeline_stages=pipeline_stages,
+        max_debaters=max_debaters,
     )
 
 
@@ -65,16 +67,25 @@ def test_critique_preset_assignments_win_when_loaded() -> None:
     assert chosen == {"generator": "phi-3-medium-128k", "critic": "llama-3.2-3b"}
 
 
-def test_debate_takes_at_most_three_reasoning_models_and_a_reconciler_by_role() -> None:
+def test_debate_takes_every_model_and_a_reconciler_by_role() -> None:
     everyone = ("llama-3.2-3b", "phi-4", "qwen2.5-7b", "deepseek-r1-7b", "phi-3-medium-128k")
     chosen = cast("debate", *everyone, reconcile_target="thinker")
-    assert chosen.participants == ["phi-4", "qwen2.5-7b", "deepseek-r1-7b"]
+    assert sorted(chosen.participants) == sorted(everyone)
+    # Fast-only models speak last.
+    assert chosen.participants[-1] == "llama-3.2-3b"
     assert chosen.steps == {"reconciler": "deepseek-r1-7b"}
     assert cast("debate", "phi-4", "deepseek-r1-7b", reconcile_target="deepseek-r1-7b").steps == {
         "reconciler": "deepseek-r1-7b"
     }
     preset = cast("debate", "phi-4", "deepseek-r1-7b", assignments={"reconciler": "phi-4"}, reconcile_target="thinker")
     assert preset.steps == {"reconciler": "phi-4"}
+
+
+def test_a_debate_cap_keeps_reasoning_models_and_never_drops_below_two() -> None:
+    everyone = ("llama-3.2-3b", "phi-4", "qwen2.5-7b", "deepseek-r1-7b", "phi-3-medium-128k")
+    assert cast("debate", *everyone, max_debaters=3).participants == ["phi-4", "qwen2.5-7b", "deepseek-r1-7b"]
+    assert cast("debate", *everyone, max_debaters=1).participants == ["phi-4", "qwen2.5-7b"]
+    assert len(cast("debate", *everyone, max_debaters=9).participants) == 5
 
 
 def test_ensemble_everyone_answers_and_the_synthesizer_follows_the_setting() -> None:

@@ -8,9 +8,10 @@ from types import MappingProxyType
 
 import pytest
 
-from presets.active import ActiveConfig, build_active
+from presets.active import ActiveConfig, build_active, resolve_active
 from presets.errors import ConfigError
-from presets.registry import ModelFile, ModelSource, ModelSpec, Preset, Registry
+from presets.registry import ModelFile, ModelSource, ModelSpec, Preset, Registry, load_registry, registry_from_settings
+from presets.settings import load_settings
 from presets.validation import validate_active, validate_all_presets
 
 
@@ -67,9 +68,14 @@ def test_mode_needing_more_models(registry: Registry, mode: str) -> None:
 
 
 def test_critique_without_a_generator(registry: Registry) -> None:
-    # The spec's INFERENCE_MODEL_ROLES example narrows llama to fast and deepseek to thinker.
+    # The spec's INFERENCE_MODEL_ROLES example narrows llama to fast and deepseek to thinker;
+    # without D7's own step table nothing is left to generate.
     active = build_active(
-        registry, config="D7", role_overrides={"llama-3.2-3b": ["fast"], "deepseek-r1-7b": ["thinker"]}
+        registry,
+        config="S1",
+        models=["llama-3.2-3b", "deepseek-r1-7b"],
+        mode="critique",
+        role_overrides={"llama-3.2-3b": ["fast"], "deepseek-r1-7b": ["thinker"]},
     )
     message = _error(active, registry)
     assert "needs a generator" in message
@@ -175,3 +181,33 @@ def test_files_are_verified_against_the_recorded_sha256(tmp_path: Path, embedded
     registry = replace(embedded_registry, models_dir=models_dir)
     message = _error(build_active(registry, config="E2"), registry, check_files=True)
     assert "model 'gemma3-270m' file" in message and "fails verification (sha256 " in message
+
+
+# Verbatim from the spec's configuration reference.
+SPEC_MODEL_ROLES = (
+    '{"phi-4":["primary","thinker","coder"],"qwen2.5-7b":["coder","primary","fast"],"llama-3.2-3b":["fast"],'
+    '"deepseek-r1-7b":["thinker"],"phi-3-medium-128k":["longctx","thinker"]}'
+)
+
+
+@pytest.mark.parametrize("name", sorted(load_registry(models_dir=Path("/nonexistent")).presets))
+def test_every_preset_validates_with_the_specs_model_roles(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    monkeypatch.setenv("INFERENCE_MODEL_ROLES", SPEC_MODEL_ROLES)
+    monkeypatch.setenv("INFERENCE_CONFIG", name)
+    settings = load_settings(models_dir=tmp_path)
+    registry = registry_from_settings(settings)
+    active = resolve_active(registry, settings)
+    validate_active(active, registry, check_files=False)
+    if name in ("D6", "D7", "D10", "T10"):
+        # Their step tables name models the spec's roles leave without the step's role.
+        assert active.assigned == frozenset(active.steps)
+        assert active.roles["llama-3.2-3b" if name != "D10" else "deepseek-r1-7b"] in (("fast",), ("thinker",))
+
+
+def test_the_specs_roles_still_refuse_an_unsatisfiable_explicit_reconciler(registry: Registry) -> None:
+    roles = {"phi-3-medium-128k": ["longctx", "thinker"], "deepseek-r1-7b": ["thinker"]}
+    validate_active(build_active(registry, config="D10", role_overrides=roles), registry, check_files=False)
+    active = build_active(registry, config="D10", role_overrides=roles, reconcile_model="coder")
+    assert "needs a reconciler (INFERENCE_DEBATE_RECONCILE_MODEL=coder)" in _error(active, registry)

@@ -3,5 +3,5 @@
 # embedded default preset. Stop it with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash compose/setup.sh
+bash scripts/setup.sh
 exec .venv/bin/honcho start -f Procfile

@@ -3,7 +3,7 @@
 # Redis with the real tiny models), then ruff and mypy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash compose/setup.sh
+bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy api worker orchestration presets
 .venv/bin/python -m pytest -q "$@"
