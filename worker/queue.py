@@ -35,33 +35,49 @@ class QueuePolicy:
         return now_ms - int((level - 1) * self.ageing_s * 1000)
 
 
+# Jobs ahead of one: those running now, and those queued before it. Running jobs stay in
+# arq's sorted set until they end, at whatever score they had, so they are counted from the
+# running hash rather than by rank. The one definition of a queue position, used by both
+# scripts below.
+_AHEAD = """
+local function ahead_of(queue, running_hash, job_prefix, job_id)
+  local rank = redis.call('ZRANK', queue, job_id)
+  if not rank then
+    return -1
+  end
+  local running = {}
+  for _, key in ipairs(redis.call('HKEYS', running_hash)) do
+    running[job_prefix .. key] = true
+  end
+  local ahead = 0
+  for _, id in ipairs(redis.call('ZRANGE', queue, 0, rank)) do
+    if id ~= job_id and not running[id] then
+      ahead = ahead + 1
+    end
+  end
+  for id, _ in pairs(running) do
+    if id ~= job_id then
+      ahead = ahead + 1
+    end
+  end
+  return ahead
+end
+"""
+
 # Queue a job the way arq's enqueue_job stores it (job key with an expiry, queue entry),
 # wake the model's idle workers, and count the jobs ahead of it: one round trip instead
 # of arq's four plus two. NX keeps arq's rule that a job id is queued at most once.
-_ENQUEUE = """
+_ENQUEUE = _AHEAD + """
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') == false then
-  return -1
+  return -2
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PUBLISH', KEYS[3], '1')
-local rank = redis.call('ZRANK', KEYS[2], ARGV[4])
-local before = redis.call('ZRANGE', KEYS[2], 0, rank)
-local running = {}
-for _, key in ipairs(redis.call('HKEYS', KEYS[4])) do
-  running[ARGV[5] .. key] = true
-end
-local ahead = 0
-for _, id in ipairs(before) do
-  if id ~= ARGV[4] and not running[id] then
-    ahead = ahead + 1
-  end
-end
-for id, _ in pairs(running) do
-  if id ~= ARGV[4] then
-    ahead = ahead + 1
-  end
-end
-return ahead
+return ahead_of(KEYS[2], KEYS[4], ARGV[5], ARGV[4])
+"""
+
+_POSITION = _AHEAD + """
+return ahead_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 """
 
 
@@ -77,28 +93,18 @@ async def enqueue_chat(
         keys=[job_key_prefix + job_id, keys.queue(job.model), keys.wake(job.model), keys.running(job.model)],
         args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id("")],
     )
-    if int(ahead) < 0:
+    if int(ahead) == -2:
         raise RuntimeError(f"job {job.job_key} is already queued")
-    return int(ahead)
+    return max(int(ahead), 0)
 
 
-async def queue_position(redis: ArqRedis, *, keys: Keys, model: str, request_id: str) -> int | None:
-    """Jobs ahead of this one: those running now, and those queued before it; None once gone.
-
-    Running jobs stay in arq's sorted set until they end, at whatever score they had, so
-    they are counted from the running hash rather than by rank.
-    """
-    job_id = keys.job_id(request_id)
-    rank = await redis.zrank(keys.queue(model), job_id)
-    if rank is None:
-        return None
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrange(keys.queue(model), 0, rank)
-        pipe.hkeys(keys.running(model))
-        before, running_keys = await pipe.execute()
-    running = {keys.job_id(key.decode()) for key in running_keys}
-    waiting_ahead = [m for m in before if m.decode() not in running and m.decode() != job_id]
-    return len(waiting_ahead) + len(running - {job_id})
+async def queue_position(redis: Redis, *, keys: Keys, model: str, request_id: str) -> int | None:
+    """Jobs ahead of this one (see _AHEAD); None once it left the queue."""
+    script = redis.register_script(_POSITION)
+    ahead = int(
+        await script(keys=[keys.queue(model), keys.running(model)], args=[keys.job_id(""), keys.job_id(request_id)])
+    )
+    return None if ahead < 0 else ahead
 
 
 async def withdraw(redis: ArqRedis, *, keys: Keys, model: str, request_id: str, marker_ttl_s: int) -> bool:

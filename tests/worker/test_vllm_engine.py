@@ -72,12 +72,17 @@ def test_cancel_aborts_the_request(engine: object) -> None:
 
 def test_concurrent_jobs_are_batched_in_the_same_steps(engine: object) -> None:
     results: list[object] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(run(engine, SamplingParams(max_tokens=200)))) for _ in range(2)
-    ]
+    # Both jobs start together, so their 200 steps of 2 ms overlap even on a busy machine.
+    together = threading.Barrier(2)
+
+    def job() -> None:
+        together.wait(timeout=10)
+        results.append(run(engine, SamplingParams(max_tokens=200)))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10)
+        thread.join(timeout=30)
     assert len(results) == 2
     assert max(len(batch) for batch in fake_vllm.INSTANCES[-1].steps) == 2
