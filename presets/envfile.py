@@ -40,10 +40,13 @@ MEANINGS: dict[str, str] = {
     "n_ctx": "Context length cap for every model (default each model's registry context).",
     "null_token_delay_ms": "Null backend: milliseconds per token (queue tests and benchmarks).",
     "gpu_layers": "llama.cpp layers offloaded to the GPU (-1 all, 0 none).",
-    "model_placement": "JSON model -> placement (gpu, gpu_layers, main_gpu, tensor_split) over the registry's.",
+    "model_placement": (
+        "JSON model -> placement (gpu, gpu_layers, main_gpu, tensor_split, vllm_*) over the registry's."
+    ),
+    "gpu_memory_budget_mb": "JSON GPU index -> MB the supervisor may fill on that GPU (models placed there).",
     "cpu_extra_buffers": "llama.cpp repacked CPU weight layouts: auto (off on AMX CPUs), on, off.",
     "batching": "llama.cpp: a worker's concurrent jobs decode in one batched context.",
-    "shared_kv_cache": "Batching: the slots share one KV cache (false: one per slot, memory times slots).",
+    "kv_cache": "Batching KV cache: split (the window cut into one per slot), per_slot (memory times slots), shared.",
     "backend": "llamacpp, vllm, or null (fixed text at once, for tests and benchmarks).",
     "vllm_model": "vLLM: a Hugging Face model id or folder to serve instead of the .gguf file.",
     "vllm_tokenizer": "vLLM: the tokenizer to use with a .gguf file.",

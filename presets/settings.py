@@ -11,6 +11,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OrchestrationMode = Literal["single", "critique", "debate", "ensemble", "pipeline"]
+# How a batching llama.cpp worker lays out its KV cache across its slots (see `kv_cache` below).
+KvCacheLayout = Literal["split", "per_slot", "shared"]
 
 
 def _default_memory_budget_mb() -> int:
@@ -57,22 +59,28 @@ class Settings(BaseSettings):
     n_ctx: int | None = Field(default=None, ge=64)
     null_token_delay_ms: float = 0.0
     gpu_layers: int = -1
-    # JSON: model id -> placement fields (gpu, gpu_layers, main_gpu, tensor_split) that win over
+    # JSON: model id -> placement fields (gpu, gpu_layers, main_gpu, tensor_split, vllm_*) that win over
     # the registry's; see presets/placement.py.
     model_placement: Annotated[dict[str, dict[str, object]], NoDecode] = Field(default_factory=dict)
+    # JSON GPU index -> MB the fleet may fill on that GPU of this host, beside the host budget.
+    gpu_memory_budget_mb: Annotated[dict[int, int], NoDecode] = Field(default_factory=dict)
     # llama.cpp's repacked CPU weight layouts: "auto" turns them off on CPUs with AMX, whose
     # path crashes there (see worker/hardware.py); "on"/"off" force the choice.
     cpu_extra_buffers: Literal["auto", "on", "off"] = "auto"
     # llama.cpp: one context decodes every concurrent job of the worker in one batch per
     # step; false gives each job a context (and a copy of the weights) of its own.
     batching: bool = True
-    # Batching: the slots share one n_ctx KV cache (memory of one context); false gives each
-    # slot its own, n_ctx times slots in all, and temperature-0 text bit-identical to a run alone.
-    shared_kv_cache: bool = True
+    # Batching: "split" cuts the model's window into one KV stream per slot (memory of one
+    # context; a job attends only to its own cells, so it decodes as fast as alone and its
+    # temperature-0 text is the run alone's; a job can use the window ÷ slots). "per_slot": a
+    # whole window per slot (memory times slots). "shared": llama.cpp's unified cache, every
+    # job up to the whole window, but attention spans every cached cell, other slots' included.
+    kv_cache: KvCacheLayout = "split"
     # "null" answers with fixed text at once: the queue-overhead benchmark's model.
     backend: Literal["llamacpp", "vllm", "null"] = "llamacpp"
     # vLLM only: a Hugging Face model id or folder to serve instead of the .gguf file, the
-    # tokenizer to use with a .gguf file, and the share of GPU memory vLLM may take.
+    # tokenizer to use with a .gguf file, and the share of GPU memory vLLM may take; a model's
+    # own vllm_* placement fields win (presets/placement.py).
     vllm_model: str | None = None
     vllm_tokenizer: str | None = None
     vllm_gpu_memory_utilization: float = 0.9
@@ -148,7 +156,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("model_roles", "model_placement", mode="before")
+    @field_validator("model_roles", "model_placement", "gpu_memory_budget_mb", mode="before")
     @classmethod
     def _parse_roles(cls, value: object) -> object:
         if isinstance(value, str):

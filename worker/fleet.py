@@ -198,15 +198,30 @@ class Fleet:
         budget = self._settings.memory_budget_mb
         needed = self._memory_mb(model)
         pids = {w.pid for w in workers}
-        in_use = sum(self._memory_mb(w.model) for w in workers if w.model not in self._unloading)
+        in_use_models = [w.model for w in workers if w.model not in self._unloading]
         # Our own workers that have not registered yet, or crashed and wait to restart, count too.
-        in_use += sum(self._memory_mb(c.model) for c in self._children.values() if c.process.pid not in pids)
-        restarting = [m for m in self._due if m != model and m not in self._children and self._history_of(m).crashes]
-        in_use += sum(self._memory_mb(m) for m in restarting)
+        in_use_models += [c.model for c in self._children.values() if c.process.pid not in pids]
+        in_use_models += [
+            m for m in self._due if m != model and m not in self._children and self._history_of(m).crashes
+        ]
+        in_use = sum(self._memory_mb(m) for m in in_use_models)
         if in_use + needed > budget:
             raise OverBudget(
                 f"needs {needed} MB but {in_use} of the {budget} MB budget of host {self._host} is in use"
             )
+        gpu = self._gpu_of(model)
+        gpu_budget = None if gpu is None else self._settings.gpu_memory_budget_mb.get(gpu)
+        if gpu_budget is None:
+            return
+        on_gpu = sum(self._memory_mb(m) for m in in_use_models if self._gpu_of(m) == gpu)
+        if on_gpu + needed > gpu_budget:
+            raise OverBudget(
+                f"needs {needed} MB but {on_gpu} of the {gpu_budget} MB budget of GPU {gpu}"
+                f" on host {self._host} is in use"
+            )
+
+    def _gpu_of(self, model: str) -> int | None:
+        return placement_for(model, self._settings, self._registry).gpu
 
     async def _wait_registered(self, child: Child) -> None:
         deadline = time.monotonic() + _REGISTER_WAIT_S

@@ -7,6 +7,7 @@ and two supervisors receiving the same load request.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -255,3 +256,23 @@ def test_exactly_one_of_two_supervisors_carries_out_a_load(
     )
     assert sum(f.output().count(f"started worker for {GEMMA}") for f in fleets) == 1
     assert len(workers_of(redis_client, prefix, GEMMA)) == 1
+
+
+def test_a_gpu_budget_applies_to_the_models_placed_on_that_gpu(
+    start_fleet: StartFleet, start_front: StartFront, redis_client: redis.Redis, prefix: str
+) -> None:
+    # Both models placed on GPU 0 (on this CPU-only machine the placement only sets the
+    # worker's CUDA_VISIBLE_DEVICES); the host has room for both, GPU 0 for one.
+    env = {
+        "INFERENCE_PRELOAD_MODELS": f"{SMOL},{GEMMA}",
+        "INFERENCE_MEMORY_BUDGET_MB": "10000",
+        "INFERENCE_N_CTX": "4096",
+        "INFERENCE_MODEL_PLACEMENT": json.dumps({SMOL: {"gpu": 0}, GEMMA: {"gpu": 0}}),
+        "INFERENCE_GPU_MEMORY_BUDGET_MB": json.dumps({"0": 400}),
+    }
+    url = start_front(**env)
+    fleet = start_fleet(**env)
+    card = poll(lambda: cards(url)[GEMMA].get("reason") and cards(url)[GEMMA], what="never refused", proc=fleet)
+    assert isinstance(card, dict) and card["status"] == "unavailable"
+    assert card["reason"] == f"needs 390 MB but 253 of the 400 MB budget of GPU 0 on host {HOST} is in use"
+    poll(lambda: cards(url)[SMOL]["status"] == "loaded", what="smollm2 never loaded", proc=fleet)
