@@ -76,12 +76,12 @@ class BatchingResults:
         return ratio(self.memory.get(label, {}).get("rss_mb", math.nan), one)
 
 
-def open_engine(model_path: Path, *, slots: int, threads: int, n_ctx: int, shared_kv: bool = True) -> Any:
+def open_engine(model_path: Path, *, slots: int, threads: int, n_ctx: int, kv_cache: str = "split") -> Any:
     from worker.batched_engine import BatchedLlamaEngine
 
     return BatchedLlamaEngine(
         model_id="bench", path=model_path, n_ctx=n_ctx, slots=slots, n_threads=threads, gpu_layers=0,
-        shared_kv=shared_kv,
+        kv_cache=kv_cache,
     )  # fmt: skip
 
 
@@ -195,9 +195,10 @@ def memory(model_path: Path, cfg: BenchConfig) -> dict[str, dict[str, float]]:
     found: dict[str, dict[str, float]] = {}
     n = cfg.concurrency
     configurations = (
-        ("1 slot", 1, 0, "shared"), (f"{n} slots", n, 0, "shared"),
-        (f"{n} slots, a KV cache per slot (INFERENCE_SHARED_KV_CACHE=false)", n, 0, "per-slot"),
-        (f"{n} engines, no batching", 1, n, "shared"),
+        ("1 slot", 1, 0, "split"), (f"{n} slots", n, 0, "split"),
+        (f"{n} slots, one pool of cells (INFERENCE_KV_CACHE=shared)", n, 0, "shared"),
+        (f"{n} slots, a whole window per slot (INFERENCE_KV_CACHE=per_slot)", n, 0, "per_slot"),
+        (f"{n} engines, no batching", 1, n, "split"),
     )  # fmt: skip
     for label, slots, engines, kv in configurations:
         argv = [sys.executable, "-m", "bench.batching", "--rss-probe", str(model_path), "--slots", str(slots),
@@ -209,7 +210,7 @@ def memory(model_path: Path, cfg: BenchConfig) -> dict[str, dict[str, float]]:
 
 
 def _probe(
-    model_path: Path, *, slots: int, engines: int, width: int, threads: int, n_ctx: int, shared_kv: bool
+    model_path: Path, *, slots: int, engines: int, width: int, threads: int, n_ctx: int, kv_cache: str
 ) -> dict[str, float]:
     from llama_cpp._logger import set_verbose
 
@@ -220,7 +221,7 @@ def _probe(
         loaded = [LlamaEngine(model_id="bench", path=model_path, n_ctx=n_ctx, n_threads=threads, gpu_layers=0)
                   for _ in range(engines)]  # fmt: skip
     else:
-        loaded = [open_engine(model_path, slots=slots, threads=threads, n_ctx=n_ctx, shared_kv=shared_kv)] * width
+        loaded = [open_engine(model_path, slots=slots, threads=threads, n_ctx=n_ctx, kv_cache=kv_cache)] * width
     with ThreadPoolExecutor(max_workers=width) as pool:
         list(pool.map(lambda i: stream(loaded[i], prompt(i), max_tokens=16), range(width)))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -276,7 +277,7 @@ def render(found: BatchingResults) -> list[str]:
                    for label, m in found.memory.items()]  # fmt: skip
     cold, warm = Spread.of(found.ttft_cold_ms), Spread.of(found.ttft_warm_ms)
     return [
-        f"## 6. Continuous batching, on the engine ({n} slots, one llama.cpp context)",
+        f"## 6. Continuous batching, on the engine ({n} slots, one llama.cpp context, split KV cache)",
         "",
         markdown_table(
             ["what", "@1", f"@{n}", "ratio"],
@@ -319,7 +320,7 @@ def render(found: BatchingResults) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rss-probe", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--kv", choices=("shared", "per-slot"), default="shared", help=argparse.SUPPRESS)
+    parser.add_argument("--kv", choices=("split", "shared", "per_slot"), default="split", help=argparse.SUPPRESS)
     parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--engines", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=4, help=argparse.SUPPRESS)
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.rss_probe:
         found = _probe(args.rss_probe, slots=args.slots, engines=args.engines, width=args.width,
-                       threads=args.threads, n_ctx=args.n_ctx, shared_kv=args.kv == "shared")  # fmt: skip
+                       threads=args.threads, n_ctx=args.n_ctx, kv_cache=args.kv)  # fmt: skip
         print(json.dumps(found))
         return 0
     from bench.run_all import config_from, parse_args

@@ -4,9 +4,11 @@ A worker runs its model at the registry's context length (the GGUF header's for 
 models), capped by INFERENCE_N_CTX when that is set, and by INFERENCE_MEMORY_BUDGET_MB: the
 largest window whose weights, KV cache and buffers still fit the budget.
 
-The KV cache is counted per slot that owns one: a batching worker with a shared cache
-(INFERENCE_SHARED_KV_CACHE, the default) holds one n_ctx cache for all its slots; without
-sharing, and for the one-context-per-job llama.cpp engine, each slot holds its own.
+The KV cache is counted per slot that owns a whole window: a batching worker whose slots split
+one window (INFERENCE_KV_CACHE=split, the default) or share it (shared) holds one n_ctx cache
+for all its slots (with split, one job can use n_ctx ÷ slots of it: the engine reports the
+exact figure); with per_slot, and for the one-context-per-job llama.cpp engine, each slot
+holds its own.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def kv_cache_bytes(
 def kv_cache_slots(settings: Settings) -> int:
     """How many n_ctx-sized KV caches one worker holds."""
     slots = max(settings.max_concurrent_per_model, 1)
-    if settings.backend == "vllm" or (settings.batching and settings.shared_kv_cache):
+    if settings.backend == "vllm" or (settings.batching and settings.kv_cache != "per_slot"):
         # vLLM pages one pool across its sequences, as the shared llama.cpp cache does.
         return 1
     return slots

@@ -1,4 +1,4 @@
-"""Where a model runs: which GPU its worker sees and how llama.cpp spreads it.
+"""Where a model runs: which GPU its worker sees, how llama.cpp spreads it, how vLLM loads it.
 
 Fields, each optional:
 
@@ -8,6 +8,11 @@ Fields, each optional:
 - ``gpu_layers``: layers to offload (-1 all, 0 none); unset falls back to INFERENCE_GPU_LAYERS.
 - ``main_gpu``: the device (as the worker sees them) holding the model when it is not split.
 - ``tensor_split``: the share of the model per visible device, e.g. ``[0.67, 0.33]``.
+- ``vllm_model``, ``vllm_tokenizer``, ``vllm_gpu_memory_utilization`` (INFERENCE_BACKEND=vllm):
+  a Hugging Face id or folder to serve instead of the model's .gguf file, the tokenizer to use
+  with a .gguf file, and the share (0 to 1] of the GPU's memory this worker's vLLM may take;
+  vLLM counts the share per instance, so two workers on one GPU at 0.45 each fit side by side.
+  Unset, each falls back to its INFERENCE_VLLM_* setting.
 
 The registry (``placement:`` in models.yaml) gives each model's default; the JSON setting
 INFERENCE_MODEL_PLACEMENT overrides it field by field, e.g.
@@ -33,6 +38,9 @@ class Placement:
     gpu_layers: int | None = None
     main_gpu: int | None = None
     tensor_split: tuple[float, ...] | None = None
+    vllm_model: str | None = None
+    vllm_tokenizer: str | None = None
+    vllm_gpu_memory_utilization: float | None = None
 
     def worker_env(self) -> dict[str, str]:
         """Environment the supervisor adds for this model's worker process."""
@@ -43,6 +51,7 @@ class Placement:
 
 
 _FIELDS = tuple(f.name for f in fields(Placement))
+_TEXT_FIELDS = ("vllm_model", "vllm_tokenizer")
 
 
 def _index(value: object, *, where: str, key: str, lowest: int) -> int:
@@ -63,6 +72,14 @@ def parse_placement(raw: Mapping[str, object], *, where: str) -> dict[str, objec
             if not shares or not all(isinstance(s, int | float) and not isinstance(s, bool) and s >= 0 for s in shares):
                 raise ConfigError(f"{where}: tensor_split must be a list of non-negative shares, got {value!r}")
             parsed[key] = tuple(float(s) for s in shares)
+        elif key in _TEXT_FIELDS:
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
+            parsed[key] = value.strip()
+        elif key == "vllm_gpu_memory_utilization":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise ConfigError(f"{where}: {key} must be a share of GPU memory in (0, 1], got {value!r}")
+            parsed[key] = float(value)
         else:
             parsed[key] = _index(value, where=where, key=key, lowest=-1 if key == "gpu_layers" else 0)
     return parsed

@@ -17,6 +17,7 @@ from arq.connections import RedisSettings
 from orchestration.steps import abandon_step, complete_step, recorded_result
 from presets.context import context_for
 from presets.logs import bind, configure_logging
+from presets.placement import placement_for
 from presets.registry import load_registry
 from presets.settings import Settings
 from worker.bad_jobs import drop_undecodable
@@ -63,16 +64,26 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
     copies = max(settings.max_concurrent_per_model, 1)
     if settings.backend == "null":
         return [NullEngine(model_id=model_id, token_delay_s=settings.null_token_delay_ms / 1000) for _ in range(copies)]
+    registry = load_registry(models_dir=settings.models_dir)
     # The model's own window, capped by INFERENCE_N_CTX and the memory budget (presets/context.py).
-    n_ctx = context_for(model_id, settings, load_registry(models_dir=settings.models_dir))
-    settings = settings.model_copy(update={"n_ctx": n_ctx})
+    n_ctx = context_for(model_id, settings, registry)
+    # The registry's placement with INFERENCE_MODEL_PLACEMENT's fields on top (presets/placement.py).
+    placement = placement_for(model_id, settings, registry)
     if settings.backend == "vllm":
-        from worker.vllm_engine import VllmEngine
+        from worker.vllm_engine import VllmEngine, vllm_options
 
+        options = vllm_options(
+            placement=placement,
+            settings=settings,
+            context_tokens=n_ctx,
+            gguf_path=lambda: resolve_model_path(settings, model_id),
+        )
         # One engine batches all of the worker's concurrent jobs itself.
-        engine = VllmEngine(model_id=model_id, path=resolve_model_path(settings, model_id), settings=settings)
+        engine = VllmEngine(model_id=model_id, options=options)
         return [engine] * copies
     path = resolve_model_path(settings, model_id)
+    # INFERENCE_GPU_LAYERS is the default of a model whose placement sets none.
+    gpu_layers = placement.layers(default=settings.gpu_layers)
     if settings.batching:
         from worker.batched_engine import BatchedLlamaEngine
 
@@ -83,9 +94,11 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             n_ctx=n_ctx,
             slots=copies,
             n_threads=settings.n_threads,
-            gpu_layers=settings.gpu_layers,
             extra_buffers=settings.cpu_extra_buffers,
-            shared_kv=settings.shared_kv_cache,
+            kv_cache=settings.kv_cache,
+            gpu_layers=gpu_layers,
+            main_gpu=placement.main_gpu,
+            tensor_split=placement.tensor_split,
         )
         return [batched] * copies
     return [
@@ -95,8 +108,10 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             n_ctx=n_ctx,
             # llama.cpp's own default is half the cores; a worker owns its slot, so take them all.
             n_threads=settings.n_threads or os.cpu_count(),
-            gpu_layers=settings.gpu_layers,
             extra_buffers=settings.cpu_extra_buffers,
+            gpu_layers=gpu_layers,
+            main_gpu=placement.main_gpu,
+            tensor_split=placement.tensor_split,
         )
         for _ in range(copies)
     ]

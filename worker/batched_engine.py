@@ -12,12 +12,14 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
+from presets.settings import KvCacheLayout
 from worker.chat_prompt import ChatPrompter
 from worker.engine import Emit, FinishReason, Outcome, Prompt, check_fits
 from worker.hardware import ExtraBuffers
@@ -46,19 +48,22 @@ class BatchedLlamaEngine:
         slots: int,
         n_threads: int | None,
         gpu_layers: int,
+        main_gpu: int | None = None,
+        tensor_split: Sequence[float] | None = None,
         extra_buffers: ExtraBuffers = "auto",
-        shared_kv: bool = True,
+        kv_cache: KvCacheLayout = "split",
         batch_tokens: int = 512,
         prefill_chunk_tokens: int = 128,
     ) -> None:
         self.model_id = model_id
-        self.context_length = n_ctx
         # llama-cpp-python routes llama.cpp's log through this logger; unset, it prints every
         # tensor loaded. Llama(verbose=False) sets the same level.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama_cpp.llama_backend_init()
         # use_extra_bufts is off on CPUs with AMX, where llama.cpp's repacked path crashes.
-        params = model_params(setting=extra_buffers, gpu_layers=gpu_layers)
+        params = model_params(
+            setting=extra_buffers, gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split
+        )
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ValueError(f"llama.cpp could not load {path}")
@@ -66,15 +71,18 @@ class BatchedLlamaEngine:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         threads = n_threads or os.cpu_count() or 1
         context_params = llama_cpp.llama_context_default_params()
-        # Shared: one pool of n_ctx cells for all sequences, so memory stays that of one
-        # context. Its cells interleave the sequences, which reorders attention's float sums:
-        # a sequence's logits then differ from its run alone in the last bits (and greedy text
-        # can part at a near tie). Per slot: n_ctx cells each, bit-identical to a run alone.
-        context_params.n_ctx = n_ctx if shared_kv else n_ctx * slots
+        # n_ctx is the worker's whole window. Split and per_slot give each sequence a stream
+        # of cells of its own (llama.cpp's non-unified cache: n_ctx ÷ n_seq_max cells each),
+        # so a decode step attends only to that sequence's cells and its logits are
+        # bit-identical to a run alone. Shared: one pool of n_ctx cells whose interleaved
+        # sequences reorder attention's float sums (greedy text can part at a near tie), and
+        # every step of every sequence spans all cells in use, other slots' cached prompts too.
+        shared = kv_cache == "shared"
+        context_params.n_ctx = n_ctx * slots if kv_cache == "per_slot" else n_ctx
         context_params.n_batch = batch_tokens
         context_params.n_ubatch = batch_tokens
         context_params.n_seq_max = slots
-        context_params.kv_unified = shared_kv
+        context_params.kv_unified = shared
         context_params.n_threads = threads
         context_params.n_threads_batch = threads
         # As llama-cpp-python's Llama (LlamaEngine) runs: the same logits for the same tokens.
@@ -83,6 +91,8 @@ class BatchedLlamaEngine:
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {path.name}")
+        # What one sequence can hold: llama.cpp rounds a stream up to a multiple of 256 cells.
+        self.context_length: int = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._pieces: dict[int, bytes] = {}
         self._prompter = ChatPrompter(
             metadata=self._metadata(),
@@ -95,7 +105,7 @@ class BatchedLlamaEngine:
             ctx=self._ctx,
             vocab=self._vocab,
             slots=slots,
-            shared_cells=n_ctx if shared_kv else None,
+            shared_cells=self.context_length if shared else None,
             batch_tokens=batch_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
             n_swa=llama_cpp.llama_model_n_swa(self._model),
@@ -109,6 +119,9 @@ class BatchedLlamaEngine:
     @property
     def active_sequences(self) -> int:
         return self._scheduler.active_sequences
+
+    def group_hand_ons(self, scope: Callable[[], AbstractContextManager[None]]) -> None:
+        self._scheduler.hand_on_scope = scope
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
         tokens, stop = self._prompter.render(messages)

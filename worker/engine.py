@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from worker.hardware import ExtraBuffers
 from worker.protocol import Message, SamplingParams
@@ -67,6 +68,17 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class GroupsHandOns(Protocol):
+    """An engine whose own thread emits several jobs' text at once (a batched decode step).
+
+    It runs each such group inside the scope given here, so the worker can wake its event
+    loop once per group instead of once per job.
+    """
+
+    def group_hand_ons(self, scope: Callable[[], AbstractContextManager[None]]) -> None: ...
+
+
 def check_fits(*, prompt_tokens: int, params: SamplingParams, context_length: int) -> None:
     if prompt_tokens + (params.max_tokens or 1) > context_length:
         raise PromptTooLong(prompt_tokens=prompt_tokens, max_tokens=params.max_tokens, context_length=context_length)
@@ -85,11 +97,13 @@ class LlamaEngine:
         n_ctx: int,
         n_threads: int | None,
         gpu_layers: int,
+        main_gpu: int | None = None,
+        tensor_split: Sequence[float] | None = None,
         seed: int = 0,
         extra_buffers: ExtraBuffers = "auto",
     ) -> None:
         from worker.chat_prompt import ChatPrompter
-        from worker.llama_params import open_llama
+        from worker.llama_params import gpu_options, open_llama
 
         self.model_id = model_id
         self._llm: Llama = open_llama(
@@ -97,8 +111,8 @@ class LlamaEngine:
             extra_buffers=extra_buffers,
             n_ctx=n_ctx,
             n_threads=n_threads,
-            n_gpu_layers=gpu_layers,
             seed=seed,
+            **gpu_options(gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split),
             verbose=False,
         )
         self.context_length = self._llm.n_ctx()

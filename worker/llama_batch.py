@@ -12,9 +12,10 @@ A slot keeps the tokens of its last sequence in the KV cache after it ends: a ne
 that begins with them (a shared system prompt, the next turn of a chat) is placed in the
 free slot with the longest common prefix and only its remainder is read.
 
-With a shared KV cache (llama.cpp's unified one) the slots draw on one pool of cells, so
-memory does not grow with the slot count; a sequence is then admitted once the pool can hold
-its prompt plus its whole completion budget, so a decode never runs out of cells midway.
+With llama.cpp's non-unified KV cache each slot's sequence has a stream of cells of its own,
+and a slot's cached tokens are its own stream's. With a shared (unified) cache the slots
+draw on one pool of cells; a sequence is then admitted once the pool can hold its prompt plus
+its whole completion budget, so a decode never runs out of cells midway.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -93,7 +95,7 @@ class BatchScheduler:
         self._ctx = ctx
         self._vocab = vocab
         self._memory = llama_cpp.llama_get_memory(ctx)
-        # None: each slot has a whole context of its own, and any free slot can take a request.
+        # None: each slot has a stream of cells of its own, and any free slot can take a request.
         self._shared_cells = shared_cells
         self._batch_tokens = batch_tokens
         self._prefill_chunk_tokens = min(prefill_chunk_tokens, batch_tokens)
@@ -124,6 +126,8 @@ class BatchScheduler:
         self._batch.n_seq_id = ctypes.cast(self._seq_counts, ctypes.POINTER(ctypes.c_int32))
         self._batch.seq_id = ctypes.cast(self._seq_ids, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
         self._batch.logits = ctypes.cast(self._outputs, ctypes.POINTER(ctypes.c_int8))
+        # Wraps the hand-on of one step's tokens (see GroupsHandOns in worker/engine.py).
+        self.hand_on_scope: Callable[[], AbstractContextManager[None]] = nullcontext
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self._thread.start()
 
@@ -223,24 +227,32 @@ class BatchScheduler:
             raise RuntimeError(f"llama_decode failed with status {status}")
         sample = llama_cpp.llama_sampler_sample
         is_end = llama_cpp.llama_vocab_is_eog
-        for request, index in sampled:
-            token = sample(request.sampler, self._ctx, index)
-            if is_end(self._vocab, token):
-                self._release(request, "stop")
-                continue
-            request.produced += 1
-            try:
-                stop = request.on_token(token)
-            except Exception as exc:
-                request.error = exc
-                self._release(request, "cancelled")
-                continue
-            if stop:
-                self._release(request, "stop")
-            elif request.produced >= request.limit_tokens:
-                self._release(request, "length")
-            else:
-                request.next_token = token
+        # Every sequence is sampled before any token is handed on: each ctypes call lets go
+        # of the GIL, and a job's event loop woken between two hand-ons would send this step's
+        # tokens to Redis in several round trips instead of one.
+        picked = [(request, sample(request.sampler, self._ctx, index)) for request, index in sampled]
+        ends = [bool(is_end(self._vocab, token)) for _, token in picked]
+        with self.hand_on_scope():
+            for (request, token), end in zip(picked, ends, strict=True):
+                self._hand_on(request, token, end=end)
+
+    def _hand_on(self, request: SequenceRequest, token: int, *, end: bool) -> None:
+        if end:
+            self._release(request, "stop")
+            return
+        request.produced += 1
+        try:
+            stop = request.on_token(token)
+        except Exception as exc:
+            request.error = exc
+            self._release(request, "cancelled")
+            return
+        if stop:
+            self._release(request, "stop")
+        elif request.produced >= request.limit_tokens:
+            self._release(request, "length")
+        else:
+            request.next_token = token
 
     def _end_finished(self) -> None:
         for slot in self._slots:

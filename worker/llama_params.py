@@ -1,12 +1,16 @@
-"""llama.cpp model parameters carrying this host's CPU choice (see worker/hardware.py).
+"""llama.cpp model parameters carrying this host's CPU choice (see worker/hardware.py) and the
+model's GPU placement (gpu_layers, main_gpu, tensor_split: see presets/placement.py).
 
 Two ways in, one decision: `model_params` for engines that load the model through the
-low-level API, `open_llama` for engines built on llama-cpp-python's high-level `Llama`.
+low-level API, `open_llama` (with `gpu_options`) for engines built on llama-cpp-python's
+high-level `Llama`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +33,60 @@ def apply_cpu_choice(params: llama_cpp.llama_model_params, *, setting: ExtraBuff
         logger.info("llama.cpp extra CPU buffer types off: this CPU has AMX (INFERENCE_CPU_EXTRA_BUFFERS=on forces)")
 
 
-def model_params(*, setting: ExtraBuffers, gpu_layers: int) -> llama_cpp.llama_model_params:
-    """llama.cpp's default model params with the GPU layers and the CPU choice applied."""
+def split_mode(*, main_gpu: int | None, tensor_split: Sequence[float] | None) -> int:
+    """How llama.cpp spreads the model over the visible GPUs.
+
+    Under llama.cpp's default (by layer) main_gpu is ignored, so a main_gpu without a
+    tensor_split means what presets/placement.py says: that one device holds the whole model.
+    """
+    if main_gpu is not None and tensor_split is None:
+        return int(llama_cpp.LLAMA_SPLIT_MODE_NONE)
+    return int(llama_cpp.LLAMA_SPLIT_MODE_LAYER)
+
+
+def _check_split(tensor_split: Sequence[float]) -> None:
+    if len(tensor_split) > llama_cpp.LLAMA_MAX_DEVICES:
+        most = llama_cpp.LLAMA_MAX_DEVICES
+        raise ValueError(f"tensor_split has {len(tensor_split)} shares; this llama.cpp supports {most} devices")
+
+
+def model_params(
+    *,
+    setting: ExtraBuffers,
+    gpu_layers: int,
+    main_gpu: int | None = None,
+    tensor_split: Sequence[float] | None = None,
+) -> llama_cpp.llama_model_params:
+    """llama.cpp's default model params with the GPU placement and the CPU choice applied."""
     params: llama_cpp.llama_model_params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = _ALL_LAYERS if gpu_layers < 0 else gpu_layers
+    params.split_mode = split_mode(main_gpu=main_gpu, tensor_split=tensor_split)
+    if main_gpu is not None:
+        params.main_gpu = main_gpu
+    if tensor_split is not None:
+        _check_split(tensor_split)
+        # llama.cpp reads llama_max_devices() floats; the unnamed shares stay 0. ctypes keeps
+        # the array alive as long as params (the struct holds a reference in its _objects).
+        params.tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*tensor_split)
     apply_cpu_choice(params, setting=setting)
     return params
+
+
+def gpu_options(
+    *, gpu_layers: int, main_gpu: int | None = None, tensor_split: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """The same placement as `model_params`, as keyword arguments of `Llama`."""
+    options: dict[str, Any] = {
+        # Llama maps -1 to every layer itself.
+        "n_gpu_layers": gpu_layers,
+        "split_mode": split_mode(main_gpu=main_gpu, tensor_split=tensor_split),
+    }
+    if main_gpu is not None:
+        options["main_gpu"] = main_gpu
+    if tensor_split is not None:
+        _check_split(tensor_split)
+        options["tensor_split"] = list(tensor_split)
+    return options
 
 
 class _ChoosingLlama(Llama):

@@ -15,11 +15,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.engine import Engine, Outcome, PromptRejected, PromptTooLong
+from worker.engine import Engine, GroupsHandOns, Outcome, PromptRejected, PromptTooLong
 from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
 from worker.listener import Listener
 from worker.metrics import WorkerMetrics
+from worker.outbox import Delivery, Handoff, Outbox
 from worker.presence import Presence
 from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
 from worker.recovery import Reaper, done_ttl_s
@@ -79,6 +80,9 @@ class WorkerRuntime:
         self._reap_interval_s = reap_interval_s
         self._reaping: asyncio.Task[None] | None = None
         self._redis = redis
+        self._outbox = Outbox(redis, keep_ttl_s=self._done_ttl_s)
+        # Made on the loop that runs the jobs (the first job's): engine threads hand over through it.
+        self._handoff: Handoff | None = None
         self._keys = keys
         self._engines: asyncio.Queue[Engine] = asyncio.Queue()
         for engine in engines:
@@ -134,21 +138,17 @@ class WorkerRuntime:
         await self.presence.update(state="stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def _publish(
-        self, channel: str, *events: Event, done: str | None = None, sent: str | None = None
-    ) -> None:
-        """Publish in one round trip; `done` also keeps the last event, `sent` marks a started stream."""
-        if len(events) == 1 and done is None and sent is None:
-            await self._redis.publish(channel, encode_event(events[0]))
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.publish(channel, encode_event(event))
-            if sent is not None:
-                pipe.set(sent, b"1", ex=self._done_ttl_s)
-            if done is not None:
-                pipe.set(done, encode_event(events[-1]), ex=self._done_ttl_s)
-            await pipe.execute()
+    async def _publish(self, channel: str, *events: Event, done: str | None = None, sent: str | None = None) -> None:
+        """Publish with the other jobs' events of this loop iteration (one round trip for all).
+
+        `done` also keeps the last event, `sent` marks a started stream.
+        """
+        keep: list[tuple[str, bytes]] = []
+        if sent is not None:
+            keep.append((sent, b"1"))
+        if done is not None:
+            keep.append((done, encode_event(events[-1])))
+        await self._outbox.send(Delivery(channel=channel, messages=[encode_event(e) for e in events], keep=keep))
 
     async def _fail(self, job: ChatJob, failure: Failed, *, keep: bool = True) -> None:
         await self._publish(job.channel, failure, done=self._keys.done(job.request_id) if keep else None)
@@ -206,26 +206,33 @@ class WorkerRuntime:
 
     async def _generate(self, job: ChatJob, engine: Engine, control: _Control) -> StepResult | None:
         loop = asyncio.get_running_loop()
+        if self._handoff is None or self._handoff.loop is not loop:
+            self._handoff = Handoff(loop)
+            for each in self._all_engines:
+                if isinstance(each, GroupsHandOns):
+                    each.group_hand_ons(self._handoff.holding)
+        handoff = self._handoff
         cancel = control.cancel
         items: asyncio.Queue[object] = asyncio.Queue()
         started_s = time.monotonic()
         first_token_s: float | None = None
 
         def emit(text: str) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, text)
+            handoff.put(items, text)
 
         def work() -> Outcome | None:
-            # One thread hop for the whole job: tokenize, then generate.
+            # One thread hop for the whole job: tokenize, then generate. Everything goes
+            # through the one handoff, which keeps the order of this job's items.
             try:
                 try:
                     prompt = engine.prepare(job.messages, job.params)
                 except (PromptTooLong, PromptRejected) as exc:
-                    loop.call_soon_threadsafe(items.put_nowait, exc)
+                    handoff.put(items, exc)
                     return None
-                loop.call_soon_threadsafe(items.put_nowait, _Started(len(prompt.tokens)))
+                handoff.put(items, _Started(len(prompt.tokens)))
                 return engine.generate(prompt, job.params, cancel=cancel, emit=emit)
             finally:
-                loop.call_soon_threadsafe(items.put_nowait, _DONE)
+                handoff.put(items, _DONE)
 
         future = loop.run_in_executor(self._threads, work)
         future.add_done_callback(lambda _: self._engines.put_nowait(engine))

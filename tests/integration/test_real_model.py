@@ -139,8 +139,8 @@ def test_eight_concurrent_streams_get_the_answers_they_would_get_alone(
 def test_a_worker_with_four_batched_slots_gives_each_stream_its_answer_alone(
     start_worker: StartWorker, start_front: StartFront, reference_llm: Any
 ) -> None:
-    # A KV cache per slot: batched sequences then decode bit-identically to a sequence alone.
-    start_worker(MODEL, INFERENCE_MAX_CONCURRENT_PER_MODEL="4", INFERENCE_SHARED_KV_CACHE="false")
+    # The default split KV cache: batched sequences decode bit-identically to a sequence alone.
+    start_worker(MODEL, INFERENCE_MAX_CONCURRENT_PER_MODEL="4")
     client = openai.OpenAI(base_url=start_front() + "/v1", api_key="unused")
     prompts = [f"Write one sentence about {topic}." for topic in ("owls", "glass", "maps", "tea")]
     expected = [reference(reference_llm, p, 24)["choices"][0]["message"]["content"] for p in prompts]

@@ -65,8 +65,10 @@ def test_the_memory_budget_caps_the_window(registry: Registry) -> None:
 
 
 def test_a_cache_per_slot_shrinks_the_window(registry: Registry) -> None:
-    shared = _settings(memory_budget_mb=16384, max_concurrent_per_model=4)
-    own = _settings(memory_budget_mb=16384, max_concurrent_per_model=4, shared_kv_cache=False)
+    split = _settings(memory_budget_mb=16384, max_concurrent_per_model=4)
+    shared = _settings(memory_budget_mb=16384, max_concurrent_per_model=4, kv_cache="shared")
+    own = _settings(memory_budget_mb=16384, max_concurrent_per_model=4, kv_cache="per_slot")
+    assert context_for("phi-3-medium-128k", split, registry) == 45056
     assert context_for("phi-3-medium-128k", shared, registry) == 45056
     assert context_for("phi-3-medium-128k", own, registry) == 11264
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,14 @@ def test_the_override_replaces_only_the_fields_it_sets(monkeypatch: pytest.Monke
     assert Placement().layers(default=-1) == -1 and llama.layers(default=0) == -1
 
 
+def test_the_override_sets_a_models_vllm_settings(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    # Two vLLM workers on one GPU: vLLM counts the memory share per instance.
+    half = {"vllm_gpu_memory_utilization": 0.45, "vllm_tokenizer": "Qwen/Qwen2.5-7B-Instruct"}
+    monkeypatch.setenv("INFERENCE_MODEL_PLACEMENT", json.dumps({"qwen2.5-7b": half, "llama-3.2-3b": half}))
+    for model in ("qwen2.5-7b", "llama-3.2-3b"):
+        assert placement_for(model, Settings(), registry) == Placement(gpu=1, gpu_layers=-1, **half)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -49,6 +58,10 @@ def test_the_override_replaces_only_the_fields_it_sets(monkeypatch: pytest.Monke
         ('{"phi-4": {"gpu": -1}}', "gpu must be an integer of at least 0"),
         ('{"phi-4": {"gpu_layers": "all"}}', "gpu_layers must be an integer of at least -1"),
         ('{"phi-4": {"tensor_split": []}}', "tensor_split must be a list"),
+        ('{"phi-4": {"vllm_model": ""}}', "vllm_model must be a non-empty string"),
+        ('{"phi-4": {"vllm_tokenizer": 3}}', "vllm_tokenizer must be a non-empty string"),
+        ('{"phi-4": {"vllm_gpu_memory_utilization": 0}}', r"vllm_gpu_memory_utilization must be a share .* \(0, 1\]"),
+        ('{"phi-4": {"vllm_gpu_memory_utilization": 1.5}}', "vllm_gpu_memory_utilization must be a share"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(

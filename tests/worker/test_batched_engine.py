@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,16 +83,42 @@ def test_one_sequence_gives_the_text_of_the_one_context_engine(make_engine: Make
     assert [ask(engine, q) for q in QUESTIONS[:2]] == expected
 
 
-def test_with_a_kv_cache_per_slot_a_batch_of_four_gives_each_text_of_its_run_alone(make_engine: MakeEngine) -> None:
-    engine = make_engine(shared_kv=False)
+@pytest.mark.parametrize("kv_cache", ["split", "per_slot"])
+def test_with_a_kv_stream_per_slot_a_batch_of_four_gives_each_text_of_its_run_alone(
+    make_engine: MakeEngine, kv_cache: str
+) -> None:
+    engine = make_engine(kv_cache=kv_cache)
     alone = [ask(engine, q) for q in QUESTIONS]
     assert ask_together(engine, QUESTIONS) == alone
+
+
+def test_a_split_cache_gives_each_slot_its_share_of_the_window(make_engine: MakeEngine) -> None:
+    assert make_engine(n_ctx=2048, slots=4).context_length == 512
+    assert make_engine(n_ctx=2048, slots=4, kv_cache="per_slot").context_length == 2048
+    assert make_engine(n_ctx=2048, slots=4, kv_cache="shared").context_length == 2048
+
+
+def test_a_split_slot_refuses_what_only_the_whole_window_would_hold(make_engine: MakeEngine) -> None:
+    engine = make_engine(n_ctx=2048, slots=4)
+    words = SamplingParams(max_tokens=16, temperature=0.0)
+    with pytest.raises(PromptTooLong):
+        engine.prepare([Message("user", "word " * 600)], words)
+    assert make_engine(n_ctx=2048, slots=4, kv_cache="shared").prepare([Message("user", "word " * 600)], words)
+
+
+def test_a_request_goes_to_the_free_slot_that_cached_its_prompt(make_engine: MakeEngine) -> None:
+    # Each of four slots caches another prompt in its own stream; asking one again reads one token.
+    engine = make_engine()
+    together = ask_together(engine, QUESTIONS)
+    before = engine.prefilled_tokens
+    assert ask(engine, QUESTIONS[2]) == together[2]
+    assert engine.prefilled_tokens - before == 1
 
 
 def test_a_shared_kv_cache_runs_four_sequences_at_once(make_engine: MakeEngine) -> None:
     # Interleaved cells reorder attention's float sums, so texts may part from the runs alone
     # at a near tie (see BatchedLlamaEngine); what holds is that every sequence runs to its end.
-    engine = make_engine()
+    engine = make_engine(kv_cache="shared")
     peak = 0
     stop_watching = threading.Event()
 
@@ -115,9 +142,40 @@ def test_a_shared_kv_cache_runs_four_sequences_at_once(make_engine: MakeEngine) 
     assert engine.active_sequences == 0
 
 
+def test_a_step_hands_on_every_sequence_s_text_inside_one_scope(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    groups: list[int] = []
+    inside = False
+    outside = 0
+
+    @contextmanager
+    def scope() -> Iterator[None]:
+        nonlocal inside
+        groups.append(0)
+        inside = True
+        try:
+            yield
+        finally:
+            inside = False
+
+    def count(_: str) -> None:
+        nonlocal outside
+        if inside:
+            groups[-1] += 1
+        else:
+            outside += 1
+
+    engine.group_hand_ons(scope)
+    with ThreadPoolExecutor(max_workers=len(QUESTIONS)) as pool:
+        list(pool.map(lambda q: ask(engine, q, emit=count), QUESTIONS))
+    # Only a stream's held-back tail (flushed when it ends) comes from the job's own thread.
+    assert outside <= len(QUESTIONS)
+    assert max(groups) > 1
+
+
 def test_a_pool_too_small_for_all_queues_the_rest_until_cells_free(make_engine: MakeEngine) -> None:
-    # 512 cells; each request claims its prompt (about 35 tokens) plus 200: two at a time.
-    engine = make_engine(n_ctx=512)
+    # 512 shared cells; each request claims its prompt (about 35 tokens) plus 200: two at a time.
+    engine = make_engine(n_ctx=512, kv_cache="shared")
     params = SamplingParams(max_tokens=200, temperature=0.0)
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda q: ask(engine, q, params), QUESTIONS))
