@@ -53,15 +53,29 @@ class HandWorker:
         self.client.delete(f"arq:job:{self.prefix}:{request_id}")
 
 
-def _ask(url: str, outcome: dict[str, object], **extra: object) -> threading.Thread:
-    def run() -> None:
-        started = time.monotonic()
-        outcome["response"] = httpx.post(f"{url}/v1/chat/completions", json=body("hi", **extra), timeout=60)
-        outcome["took_s"] = time.monotonic() - started
+class Asked:
+    """A plain request in flight from a thread, whose job the HandWorker has taken."""
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+    def __init__(self, url: str) -> None:
+        self._outcome: dict[str, httpx.Response] = {}
+        self._started = time.monotonic()
+        self.took_s = 0.0
+        self._thread = threading.Thread(target=self._run, args=(url,))
+        self._thread.start()
+
+    def _run(self, url: str) -> None:
+        self._outcome["response"] = httpx.post(f"{url}/v1/chat/completions", json=body("hi"), timeout=60)
+        self.took_s = time.monotonic() - self._started
+
+    def response(self) -> httpx.Response:
+        self._thread.join(timeout=30)
+        return self._outcome["response"]
+
+
+def _asked(start_front: StartFront, client: redis.Redis, prefix: str) -> tuple[HandWorker, str, Asked]:
+    worker = HandWorker(client, prefix)
+    asked = Asked(start_front())
+    return worker, worker.take(), asked
 
 
 def _accepted() -> Accepted:
@@ -71,18 +85,12 @@ def _accepted() -> Accepted:
 def test_a_gap_in_the_tokens_ends_the_request_with_a_clear_error(
     start_front: StartFront, redis_client: redis.Redis, prefix: str
 ) -> None:
-    worker = HandWorker(redis_client, prefix)
-    url = start_front()
-    outcome: dict[str, object] = {}
-    thread = _ask(url, outcome)
-    request_id = worker.take()
+    worker, request_id, asked = _asked(start_front, redis_client, prefix)
     time.sleep(0.2)
     finished = Finished(reason="stop", model=SMOL, prompt_tokens=3, completion_tokens=3, tokens_sent=3)
     worker.publish(request_id, _accepted(), Token("a", 1), Token("c", 3), finished)
     worker.finish(request_id)
-    thread.join(timeout=30)
-    response = outcome["response"]
-    assert isinstance(response, httpx.Response)
+    response = asked.response()
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "events_lost"
     assert not leftovers(redis_client, prefix)
@@ -91,40 +99,27 @@ def test_a_gap_in_the_tokens_ends_the_request_with_a_clear_error(
 def test_a_lost_final_event_is_recovered_from_redis(
     start_front: StartFront, redis_client: redis.Redis, prefix: str
 ) -> None:
-    worker = HandWorker(redis_client, prefix)
-    url = start_front()
-    outcome: dict[str, object] = {}
-    thread = _ask(url, outcome)
-    request_id = worker.take()
+    worker, request_id, asked = _asked(start_front, redis_client, prefix)
     time.sleep(0.2)
     worker.publish(request_id, _accepted(), Token("fine", 1))
     finished = Finished(reason="stop", model=SMOL, prompt_tokens=3, completion_tokens=1, tokens_sent=1)
     # The worker kept its final event; the publish itself never reached the front.
     redis_client.set(f"{prefix}:done:{request_id}", encode_event(finished), ex=60)
     worker.finish(request_id)
-    thread.join(timeout=30)
-    response = outcome["response"]
-    assert isinstance(response, httpx.Response)
+    response = asked.response()
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "fine"
-    took_s = outcome["took_s"]
-    assert isinstance(took_s, float) and took_s < 10, took_s  # the deadline is 120 s
+    assert asked.took_s < 10, asked.took_s  # the deadline is 120 s
     assert not leftovers(redis_client, prefix)
 
 
 def test_a_job_that_vanished_ends_the_request_instead_of_waiting(
     start_front: StartFront, redis_client: redis.Redis, prefix: str
 ) -> None:
-    worker = HandWorker(redis_client, prefix)
-    url = start_front()
-    outcome: dict[str, object] = {}
-    thread = _ask(url, outcome)
-    request_id = worker.take()
+    worker, request_id, asked = _asked(start_front, redis_client, prefix)
     worker.publish(request_id, _accepted())
     worker.finish(request_id)
-    thread.join(timeout=30)
-    response = outcome["response"]
-    assert isinstance(response, httpx.Response)
+    response = asked.response()
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "events_lost"
     assert not leftovers(redis_client, prefix)
