@@ -262,12 +262,9 @@ class WorkerRuntime:
                     events.append(Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens))
                     if job.step is not None:
                         events.append(Progress(step=job.step, model=self.model_id, state="started"))
-                elif isinstance(item, PromptTooLong):
-                    events.append(
-                        Failed(code="context_length_exceeded", message=str(item), status=400, param="messages")
-                    )
-                elif isinstance(item, PromptRejected):
-                    events.append(Failed(code="invalid_messages", message=str(item), status=400, param="messages"))
+                elif isinstance(item, PromptTooLong | PromptRejected):
+                    code = "context_length_exceeded" if isinstance(item, PromptTooLong) else "invalid_messages"
+                    events.append(Failed(code=code, message=str(item), status=400, param="messages"))
             if first_token_s is None and collected:
                 # Once per batch of items, not per token: as close as this loop sees it.
                 first_token_s = time.monotonic()

@@ -64,6 +64,17 @@ def leftovers(client: redis.Redis, prefix: str, *, expiring_ok: bool = False) ->
     return found
 
 
+def assert_nothing_left(
+    client: redis.Redis, prefix: str, *, expiring_ok: bool = False, timeout_s: float = 5
+) -> None:
+    """Waits (briefly: cleanup follows the response) until leftovers() finds nothing."""
+    wait_for(
+        lambda: not leftovers(client, prefix, expiring_ok=expiring_ok),
+        timeout_s=timeout_s,
+        what=lambda: leftovers(client, prefix, expiring_ok=expiring_ok),
+    )
+
+
 def running_worker_pid(client: redis.Redis, prefix: str) -> int:
     """The pid of the worker that runs the one job of SMOL now."""
     entries = client.hgetall(f"{prefix}:running:{SMOL}")

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import StartFront, StartWorker
-from tests.faults.helpers import SLOW, SMOL, body, leftovers, stream_events, wait_for
+from tests.faults.helpers import SLOW, SMOL, assert_nothing_left, body, leftovers, stream_events, wait_for
 from worker.protocol import Accepted, Event, Finished, Token, encode_event
 
 pytestmark = pytest.mark.redis
@@ -143,7 +143,7 @@ def test_the_worker_deadline_is_a_504_or_a_final_error_never_stop(
     assert not any(
         isinstance(e, dict) and any(c.get("finish_reason") for c in e.get("choices", [])) for e in events  # type: ignore[attr-defined]
     )
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)
 
 
 def test_a_dropped_stream_frees_its_slot_and_running_entry_within_a_second(
@@ -165,4 +165,4 @@ def test_a_dropped_stream_frees_its_slot_and_running_entry_within_a_second(
     )
     print(f"slot and running entry freed {freed_s:.2f}s after the disconnect")
     assert time.monotonic() - dropped < 3
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)

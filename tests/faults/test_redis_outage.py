@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import StartFront, StartWorker
-from tests.faults.helpers import SLOW, SMOL, body, leftovers, wait_for
+from tests.faults.helpers import SLOW, SMOL, assert_nothing_left, body, wait_for
 from tests.faults.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -95,5 +95,4 @@ def test_fronts_and_workers_ride_out_a_redis_restart(
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[200] > 0 and statuses[503] > 0
     client = private_redis.client()
-    remaining = leftovers(client, prefix, expiring_ok=True)
-    wait_for(lambda: not leftovers(client, prefix, expiring_ok=True), timeout_s=10, what=str(remaining))
+    assert_nothing_left(client, prefix, expiring_ok=True, timeout_s=10)

@@ -12,7 +12,15 @@ import pytest
 import redis
 
 from tests.conftest import StartFront, StartWorker
-from tests.faults.helpers import SLOW, SMOL, body, leftovers, running_worker_pid, stream_events, wait_for
+from tests.faults.helpers import (
+    SLOW,
+    SMOL,
+    assert_nothing_left,
+    body,
+    running_worker_pid,
+    stream_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -46,7 +54,7 @@ def test_a_plain_request_survives_its_worker_being_killed(
     # Found by the heartbeat TTL (2 s) plus a reap, then a 3 s re-run; far from the 120 s deadline.
     assert recovered_s < 20, recovered_s
     print(f"plain request recovered {recovered_s:.2f}s after the kill")
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)
 
 
 def test_a_stream_that_sent_tokens_ends_with_an_error_when_its_worker_dies(
@@ -71,7 +79,7 @@ def test_a_stream_that_sent_tokens_ends_with_an_error_when_its_worker_dies(
     # Heartbeat TTL 2 s plus a second, not the request deadline.
     assert ended_s < 10, ended_s
     print(f"stream ended {ended_s:.2f}s after the kill")
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)
 
 
 def test_an_orchestration_step_survives_its_worker_being_killed(
@@ -98,7 +106,7 @@ def test_an_orchestration_step_survives_its_worker_being_killed(
     assert response.status_code == 200, response.text
     assert response.json()["orchestration"]["mode"] == "ensemble"
     assert set(response.json()["orchestration"]["models_used"]) == {SMOL, "gemma3-270m"}
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)
 
 
 def test_a_stream_with_no_token_yet_is_run_again(
@@ -127,4 +135,4 @@ def test_a_stream_with_no_token_yet_is_run_again(
     text = "".join(str(e["choices"][0]["delta"].get("content") or "") for e in chunks if e.get("choices"))  # type: ignore[index]
     # The null model repeats the words: "x", " y", "x", " y".
     assert text == "x yx y"
-    wait_for(lambda: not leftovers(redis_client, prefix), timeout_s=5, what=lambda: leftovers(redis_client, prefix))
+    assert_nothing_left(redis_client, prefix)
