@@ -17,7 +17,7 @@ from presets.registry import Registry
 from presets.routing import resolve_model
 from presets.settings import Settings
 from worker.keys import Keys
-from worker.presence import WorkerInfo, read_fleet
+from worker.presence import FleetReader, WorkerInfo
 
 SERVING_STATES = frozenset({"ready", "busy"})
 _LOADING_POLL_S = 0.1
@@ -55,6 +55,7 @@ class Catalog:
         self.active = active
         self._redis = redis
         self._keys = Keys(prefix=settings.key_prefix)
+        self._fleet = FleetReader(redis, keys=self._keys)
         self._auto = (
             AutoRouter(
                 redis, keys=self._keys, strategy=settings.auto_route_strategy, fallback=settings.auto_route_fallback
@@ -70,7 +71,7 @@ class Catalog:
     async def view(self) -> FleetView:
         models = self.registry.model_ids()
         markers_of = [self._keys.loading(m) for m in models] + [self._keys.unavailable(m) for m in models]
-        workers, markers = await read_fleet(self._redis, keys=self._keys, loading_keys=markers_of)
+        workers, markers = await self._fleet.read(loading_keys=markers_of)
         loading = {m for m, marker in zip(models, markers[: len(models)], strict=True) if marker}
         loading |= {w.model for w in workers if w.state == "loading"}
         given_up = [m for m, marker in zip(models, markers[len(models) :], strict=True) if marker]

@@ -7,17 +7,14 @@ import time
 from collections.abc import Mapping
 
 import msgspec
-from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 
 from orchestration.dag import Advance, Conclude, Decision, FinalAnswer, Flow, Plan, StepOrder, StepOutput, step_job
 from orchestration.errors import UnknownMode
 from orchestration.parallel import DebateFlow, EnsembleFlow
 from orchestration.sequential import CritiqueFlow, PipelineFlow
 from orchestration.store import DagStore
-from worker.keys import Keys
 from worker.protocol import ChatJob, Finished, Token
-from worker.queue import enqueue_chat
+from worker.queue import JobQueue
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +53,9 @@ def flow_for(mode: str) -> Flow:
     raise UnknownMode(mode)
 
 
-async def stopped(redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan) -> bool:
+async def stopped(queue: JobQueue, *, store: DagStore, plan: Plan) -> bool:
     """End the DAG if its client went away or its deadline passed; True if it must not go on."""
-    if await redis.exists(keys.cancelled(plan.template.request_id)):
+    if await queue.is_cancelled(plan.template.request_id):
         await store.end("cancelled", error="the request was cancelled")
         return True
     if time.time() * 1000 >= plan.template.deadline_ms:
@@ -67,9 +64,7 @@ async def stopped(redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan) -
     return False
 
 
-async def carry_out(
-    redis: ArqRedis, *, keys: Keys, store: DagStore, plan: Plan, decision: Decision, repair: bool = False
-) -> None:
+async def carry_out(queue: JobQueue, *, store: DagStore, plan: Plan, decision: Decision, repair: bool = False) -> None:
     """Publish a concluded answer, or queue the decided steps.
 
     ``repair``: a retried step re-takes a decision another run already took, maybe only
@@ -94,27 +89,25 @@ async def carry_out(
     jobs = [step_job(plan, order) for order in decision.steps]
     await store.note_jobs((job.step or "", job.model) for job in jobs)
     for job in jobs:
-        if repair and await _already_there(redis, keys=keys, store=store, job=job):
+        if repair and await _already_there(queue, store=store, job=job):
             continue
-        await _enqueue(redis, keys=keys, plan=plan, job=job)
+        await _enqueue(queue, plan=plan, job=job)
 
 
-async def _already_there(redis: ArqRedis, *, keys: Keys, store: DagStore, job: ChatJob) -> bool:
+async def _already_there(queue: JobQueue, *, store: DagStore, job: ChatJob) -> bool:
     # From its enqueue on, a step has an arq job key (queued or running) or an output (done).
     if job.step is not None and await store.has_output(job.step):
         return True
-    return bool(await redis.exists(job_key_prefix + keys.job_id(job.job_key)))
+    return await queue.has_job(job.job_key)
 
 
-async def _enqueue(redis: ArqRedis, *, keys: Keys, plan: Plan, job: ChatJob) -> None:
+async def _enqueue(queue: JobQueue, *, plan: Plan, job: ChatJob) -> None:
     now_ms = int(time.time() * 1000)
     try:
         # Scored at the DAG's start, not now: a request already under way keeps its place
         # ahead of requests that arrived after it, so its later steps do not queue behind them.
-        await enqueue_chat(
-            redis,
-            keys=keys,
-            job=job,
+        await queue.enqueue(
+            job,
             policy=plan.policy(),
             now_ms=min(plan.created_ms, now_ms),
             expires_s=(job.deadline_ms - now_ms) / 1000,

@@ -19,7 +19,7 @@ from orchestration.team import Team, cast_for
 from presets.settings import Settings
 from worker.keys import Keys
 from worker.protocol import ChatJob
-from worker.queue import QueuePolicy
+from worker.queue import JobQueue, QueuePolicy
 
 
 def make_plan(
@@ -54,9 +54,8 @@ def make_plan(
 
 
 async def start_dag(
-    redis: ArqRedis,
+    queue: JobQueue,
     *,
-    keys: Keys,
     settings: Settings,
     policy: QueuePolicy,
     template: ChatJob,
@@ -75,9 +74,9 @@ async def start_dag(
         team=team,
         created_ms=int(time.time() * 1000),
     )
-    store = DagStore(redis, keys=keys, dag_id=plan.dag_id, ttl_s=plan.ttl_s)
+    store = DagStore(queue.redis, keys=queue.keys, dag_id=plan.dag_id, ttl_s=plan.ttl_s)
     await store.create(plan)
-    await carry_out(redis, keys=keys, store=store, plan=plan, decision=flow_for(mode).first(plan))
+    await carry_out(queue, store=store, plan=plan, decision=flow_for(mode).first(plan))
 
 
 async def withdraw_dag(redis: ArqRedis, *, keys: Keys, request_id: str, marker_ttl_s: int) -> bool:

@@ -10,6 +10,7 @@ from presets.embedded import EmbeddedModelMissing
 from presets.errors import PresetsError
 from presets.logs import configure_logging
 from presets.settings import load_settings
+from worker import orchestration_steps
 from worker.app import WorkerSetupError, create_worker_settings
 
 
@@ -17,7 +18,7 @@ def main() -> int:
     settings = load_settings()
     configure_logging(settings)
     try:
-        run_worker(create_worker_settings(settings))
+        run_worker(create_worker_settings(settings, make_steps=orchestration_steps()))
     except (WorkerSetupError, PresetsError, EmbeddedModelMissing) as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2

@@ -6,15 +6,15 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import uvloop
 from arq import func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
-from orchestration.steps import abandon_step, complete_step, recorded_result
 from presets.context import context_for
 from presets.logs import bind, configure_logging
 from presets.placement import placement_for
@@ -27,10 +27,10 @@ from worker.metrics import WorkerMetrics
 from worker.null_engine import NullEngine
 from worker.pool import WakeablePool
 from worker.presence import Presence, new_worker_id
-from worker.protocol import arq_deserialize, arq_serialize, decode_job
+from worker.protocol import ChatJob, arq_deserialize, arq_serialize, decode_job
 from worker.queue import CHAT_FUNCTION
 from worker.redis_client import create_pool
-from worker.runtime import WorkerRuntime
+from worker.runtime import StepResult, WorkerRuntime
 from worker.self_check import self_check
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,26 @@ _SHUTDOWN_REDIS_WAIT_S = 3.0
 
 class WorkerSetupError(RuntimeError):
     """The worker cannot start: a one-line reason for the operator."""
+
+
+class StepHooks(Protocol):
+    """What a worker does around a job that is one step of an orchestration DAG.
+
+    orchestration.steps.DagSteps is the one implementation; the entry point (worker/__init__.py,
+    worker/__main__.py) plugs it in, so this package does not import orchestration.
+    """
+
+    async def recorded(self, job: ChatJob) -> StepResult | None:
+        """The step's output when a run before this one (on a worker that died) recorded it."""
+        ...
+
+    async def completed(self, job: ChatJob, result: StepResult) -> None: ...
+
+    async def abandoned(self, job: ChatJob) -> None: ...
+
+
+# Built once per worker, at start-up, with the worker's Redis pool.
+MakeStepHooks = Callable[[ArqRedis, Keys, Settings], StepHooks]
 
 
 def resolve_model_path(settings: Settings, model_id: str) -> Path:
@@ -173,6 +193,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     await runtime.start()
     await pool.start_wake_listener()
     ctx["runtime"] = runtime
+    make_steps: MakeStepHooks | None = ctx.get("make_steps")
+    ctx["steps"] = make_steps(pool, keys, settings) if make_steps is not None else None
     await presence.update(state="ready", backend=engines[0].backend, context_length=engines[0].context_length)
     await pool.delete(keys.loading(model_id))
     logger.info("worker %s serving %s (%s)", worker_id, model_id, engines[0].backend)
@@ -202,19 +224,24 @@ async def chat(ctx: dict[str, Any], payload: bytes) -> None:
         settings: Settings = ctx["settings"]
         await drop_undecodable(ctx["redis"], keys=Keys(prefix=settings.key_prefix), payload=payload, error=exc)
         return
-    if job.dag_id is None:
+    steps: StepHooks | None = ctx.get("steps")
+    if job.dag_id is None or steps is None:
+        # A step job on a worker built without step hooks still answers; its DAG then expires.
         await runtime.run(job)
         return
     # arq re-runs the job of a worker that died: a step that finished once is not generated again.
-    result = await recorded_result(ctx, job=job) or await runtime.run(job)
+    result = await steps.recorded(job) or await runtime.run(job)
     if result is None:
-        await abandon_step(ctx, job=job)
+        await steps.abandoned(job)
     else:
-        await complete_step(ctx, job=job, result=result)
+        await steps.completed(job, result)
 
 
-def create_worker_settings(settings: Settings) -> type:
-    """Build the class `arq worker.Settings` reads (arq takes its options as class attributes)."""
+def create_worker_settings(settings: Settings, *, make_steps: MakeStepHooks | None = None) -> type:
+    """Build the class `arq worker.Settings` reads (arq takes its options as class attributes).
+
+    `make_steps` gives the worker its part in orchestration DAGs (see StepHooks).
+    """
     model_id = settings.worker_model or os.environ.get("INFERENCE_WORKER_MODEL")
     if not model_id:
         raise WorkerSetupError("set INFERENCE_WORKER_MODEL to the model this worker serves (e.g. smollm2-135m)")
@@ -246,7 +273,7 @@ def create_worker_settings(settings: Settings) -> type:
         "job_completion_wait": int(settings.request_timeout_s) + 5,
         "job_serializer": arq_serialize,
         "job_deserializer": arq_deserialize,
-        "ctx": {"settings": settings, "model_id": model_id},
+        "ctx": {"settings": settings, "model_id": model_id, "make_steps": make_steps},
         "health_check_key": f"{settings.key_prefix}:health:{model_id}",
         "health_check_interval": 60,
         "log_results": False,

@@ -37,7 +37,7 @@ from worker.fleet_child import Child, describe_exit
 from worker.fleet_protocol import FleetCommand, decode_command
 from worker.host_lock import LockTimeout, host_lock
 from worker.keys import Keys
-from worker.presence import WorkerInfo, read_fleet
+from worker.presence import FleetReader, WorkerInfo
 from worker.redis_client import create_redis
 from worker.restarts import CrashHistory, RestartPolicy
 
@@ -66,6 +66,7 @@ class Fleet:
         self._redis = redis
         self._registry = registry
         self._keys = Keys(prefix=settings.key_prefix)
+        self._fleet = FleetReader(redis, keys=self._keys)
         self._host = socket.gethostname()
         self._policy = RestartPolicy(
             base_s=settings.worker_restart_base_s,
@@ -127,7 +128,7 @@ class Fleet:
             self._unload(command.model)
 
     async def _tick(self) -> None:
-        workers, _ = await read_fleet(self._redis, keys=self._keys)
+        workers, _ = await self._fleet.read()
         await self._note_ready(workers)
         await self._reap()
         now = time.monotonic()
@@ -168,9 +169,7 @@ class Fleet:
             ):
                 self._check_budget(model, await self._host_workers())
                 if claim is not None:
-                    claimed = await self._redis.set(
-                        self._keys.fleet_claim(claim), self._host, nx=True, ex=_CLAIM_TTL_S
-                    )
+                    claimed = await self._redis.set(self._keys.fleet_claim(claim), self._host, nx=True, ex=_CLAIM_TTL_S)
                     if not claimed:
                         logger.info("load of %s claimed by another supervisor", model)
                         return False
@@ -206,9 +205,7 @@ class Fleet:
         ]
         in_use = sum(self._memory_mb(m) for m in in_use_models)
         if in_use + needed > budget:
-            raise OverBudget(
-                f"needs {needed} MB but {in_use} of the {budget} MB budget of host {self._host} is in use"
-            )
+            raise OverBudget(f"needs {needed} MB but {in_use} of the {budget} MB budget of host {self._host} is in use")
         gpu = self._gpu_of(model)
         gpu_budget = None if gpu is None else self._settings.gpu_memory_budget_mb.get(gpu)
         if gpu_budget is None:
@@ -231,7 +228,7 @@ class Fleet:
             await asyncio.sleep(0.1)
 
     async def _host_workers(self) -> list[WorkerInfo]:
-        workers, _ = await read_fleet(self._redis, keys=self._keys)
+        workers, _ = await self._fleet.read()
         return [w for w in workers if w.host == self._host]
 
     # -- exits, restarts, giving up -------------------------------------------------------

@@ -171,13 +171,22 @@ return {found, markers}
 """
 
 
-async def read_fleet(
-    redis: Redis, *, keys: Keys, loading_keys: Sequence[str] = ()
-) -> tuple[list[WorkerInfo], list[bool]]:
-    """Every worker whose heartbeat is current, and which `loading_keys` exist."""
-    now_ms = int(time.time() * 1000)
-    script = redis.register_script(_FLEET)
-    found, markers = await script(keys=[keys.workers, *loading_keys], args=[now_ms, keys.worker("", "")[:-1]])
+class FleetReader:
+    """Reads the live workers on one Redis connection; its Lua script is registered once, here."""
+
+    def __init__(self, redis: Redis, *, keys: Keys) -> None:
+        self._keys = keys
+        self._script = redis.register_script(_FLEET)
+
+    async def read(self, *, loading_keys: Sequence[str] = ()) -> tuple[list[WorkerInfo], list[bool]]:
+        """Every worker whose heartbeat is current, and which `loading_keys` exist."""
+        keys = self._keys
+        now_ms = int(time.time() * 1000)
+        found, markers = await self._script(keys=[keys.workers, *loading_keys], args=[now_ms, keys.worker("", "")[:-1]])
+        return _decode_workers(found), [bool(flag) for flag in markers]
+
+
+def _decode_workers(found: Sequence[Sequence[bytes]]) -> list[WorkerInfo]:
     workers = []
     for fields in found:
         try:
@@ -186,7 +195,7 @@ async def read_fleet(
             # One bad record (another version's, or written by hand) must not hide the others
             # or fail every route that looks at the fleet.
             logger.warning("skipping a worker record that does not decode (%r): %s", exc, _sample(fields))
-    return workers, [bool(flag) for flag in markers]
+    return workers
 
 
 def _sample(fields: Sequence[bytes]) -> str:

@@ -67,7 +67,9 @@ end
 # Queue a job the way arq's enqueue_job stores it (job key with an expiry, queue entry),
 # wake the model's idle workers, and count the jobs ahead of it: one round trip instead
 # of arq's four plus two. NX keeps arq's rule that a job id is queued at most once.
-_ENQUEUE = _AHEAD + """
+_ENQUEUE = (
+    _AHEAD
+    + """
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') == false then
   return -2
 end
@@ -75,10 +77,70 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PUBLISH', KEYS[3], '1')
 return ahead_of(KEYS[2], KEYS[4], ARGV[5], ARGV[4])
 """
+)
 
-_POSITION = _AHEAD + """
+_POSITION = (
+    _AHEAD
+    + """
 return ahead_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 """
+)
+
+
+class JobQueue:
+    """The models' queues on one Redis connection; its Lua scripts are registered once, here."""
+
+    def __init__(self, redis: Redis, *, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._position = redis.register_script(_POSITION)
+
+    async def enqueue(self, job: ChatJob, *, policy: QueuePolicy, now_ms: int, expires_s: float) -> int:
+        """Queue one job and wake the model's idle workers; returns the jobs ahead of it."""
+        keys = self.keys
+        score = policy.score_ms(priority=job.priority, now_ms=now_ms)
+        job_id = keys.job_id(job.job_key)
+        envelope = serialize_job(CHAT_FUNCTION, (encode_job(job),), {}, None, now_ms, serializer=arq_serialize)
+        ahead = await self._enqueue(
+            keys=[job_key_prefix + job_id, keys.queue(job.model), keys.wake(job.model), keys.running(job.model)],
+            args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id("")],
+        )
+        if int(ahead) == -2:
+            raise RuntimeError(f"job {job.job_key} is already queued")
+        return max(int(ahead), 0)
+
+    async def position(self, *, model: str, request_id: str) -> int | None:
+        """Jobs ahead of this one (see _AHEAD); None once it left the queue."""
+        keys = self.keys
+        ahead = int(
+            await self._position(
+                keys=[keys.queue(model), keys.running(model)], args=[keys.job_id(""), keys.job_id(request_id)]
+            )
+        )
+        return None if ahead < 0 else ahead
+
+    async def has_job(self, job_key: str) -> bool:
+        """Whether the job is queued or running (arq keeps its job key until it ends)."""
+        return bool(await self.redis.exists(job_key_prefix + self.keys.job_id(job_key)))
+
+    async def is_cancelled(self, request_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.cancelled(request_id)))
+
+    async def withdraw(self, *, model: str, request_id: str, marker_ttl_s: int) -> bool:
+        """Cancel a request: drop its job if still queued and tell a worker running it to stop.
+
+        Returns True when the job was still waiting in the queue.
+        """
+        keys = self.keys
+        job_id = keys.job_id(request_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.queue(model), job_id)
+            pipe.delete(job_key_prefix + job_id)
+            pipe.set(keys.cancelled(request_id), b"1", ex=marker_ttl_s)
+            pipe.publish(keys.cancel, request_id.encode())
+            removed, *_ = await pipe.execute()
+        return bool(removed)
 
 
 async def enqueue_chat(

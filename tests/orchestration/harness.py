@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from redis.asyncio.client import PubSub
 
 from orchestration.start import read_dag, start_dag
-from orchestration.steps import complete_step
+from orchestration.steps import DagSteps
 from orchestration.store import DagView
 from orchestration.team import Team
 from presets.settings import Settings
 from worker.keys import Keys
 from worker.protocol import ChatJob, Event, Message, SamplingParams, arq_deserialize, decode_event, decode_job
-from worker.queue import QueuePolicy
+from worker.queue import JobQueue, QueuePolicy
 from worker.runtime import StepResult
 
 ROLES: Mapping[str, tuple[str, ...]] = {
@@ -53,7 +52,7 @@ class Harness:
         self.pool = pool
         self.settings = settings
         self.keys = Keys(prefix=settings.key_prefix)
-        self.ctx: dict[str, Any] = {"redis": pool, "settings": settings}
+        self.steps = DagSteps(pool, keys=self.keys, settings=settings)
         self.template = template()
         self._pubsub: PubSub | None = None
 
@@ -65,8 +64,7 @@ class Harness:
         # Read the subscription's confirmation, so the subscription is in place before any publish.
         await self._pubsub.get_message(timeout=0.05)
         await start_dag(
-            self.pool,
-            keys=self.keys,
+            JobQueue(self.pool, keys=self.keys),
             settings=self.settings,
             policy=QueuePolicy(),
             template=self.template,
@@ -102,7 +100,7 @@ class Harness:
 
     async def finish(self, job: ChatJob, text: str, *, reason: str = "stop") -> None:
         result = StepResult(text=text, reason=reason, prompt_tokens=3, completion_tokens=5)
-        await complete_step(self.ctx, job=job, result=result)
+        await self.steps.completed(job, result)
 
     async def events(self) -> list[Event]:
         assert self._pubsub is not None

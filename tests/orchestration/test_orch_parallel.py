@@ -52,7 +52,6 @@ async def test_debate_rounds_show_each_model_the_others_answers(dag: Harness) ->
 
 async def test_debate_stops_after_max_rounds(dag: Harness, settings: Settings) -> None:
     dag.settings = settings.model_copy(update={"debate_max_rounds": 2, "debate_reconcile_model": "thinker"})
-    dag.ctx["settings"] = dag.settings
     await dag.start("debate", team("phi-4", "deepseek-r1-7b"))
     for _ in range(2):
         for job, text in zip(await dag.take(), DISAGREE, strict=False):
@@ -142,7 +141,6 @@ async def test_five_model_debate_runs_every_participant(dag: Harness) -> None:
 
 async def test_debate_cap_setting_limits_who_takes_part_and_says_so(dag: Harness, settings: Settings) -> None:
     dag.settings = settings.model_copy(update={"debate_max_participants": 2})
-    dag.ctx["settings"] = dag.settings
     await dag.start("debate", FIVE)
     first = await dag.take()
     assert [j.model for j in first] == ["phi-4", "deepseek-r1-7b"]

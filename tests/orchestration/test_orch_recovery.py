@@ -10,7 +10,6 @@ from orchestration.dag import StepOutput
 from orchestration.dispatch import flow_for
 from orchestration.errors import NotEnoughModels
 from orchestration.start import withdraw_dag
-from orchestration.steps import abandon_step, recorded_result
 from orchestration.store import DagStore
 from tests.orchestration.harness import Harness, team, template
 from worker.protocol import Finished, Token
@@ -120,10 +119,10 @@ async def test_an_abandoned_step_fails_the_dag_unless_it_had_finished(dag: Harne
     await dag.start("critique", CRITIQUE)
     gen = await dag.take_one()
     await dag.finish(gen, "answer")
-    await abandon_step(dag.ctx, job=gen)
+    await dag.steps.abandoned(gen)
     assert (await dag.view()).status == "running"
     review = await dag.take_one()
-    await abandon_step(dag.ctx, job=review)
+    await dag.steps.abandoned(review)
     view = await dag.view()
     assert view.status == "failed" and view.error is not None and "r1.critique" in view.error
 
@@ -131,9 +130,9 @@ async def test_an_abandoned_step_fails_the_dag_unless_it_had_finished(dag: Harne
 async def test_recorded_result_lets_a_retry_skip_generation(dag: Harness) -> None:
     await dag.start("critique", CRITIQUE)
     gen = await dag.take_one()
-    assert await recorded_result(dag.ctx, job=gen) is None
+    assert await dag.steps.recorded(gen) is None
     await dag.finish(gen, "answer")
-    again = await recorded_result(dag.ctx, job=gen)
+    again = await dag.steps.recorded(gen)
     assert again is not None and again.text == "answer"
 
 

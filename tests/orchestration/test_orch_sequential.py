@@ -80,7 +80,6 @@ async def test_critique_returns_the_best_version_not_the_last(dag: Harness) -> N
 
 async def test_unreadable_critiques_never_stop_early_and_give_low_confidence(dag: Harness, settings: Settings) -> None:
     dag.settings = settings.model_copy(update={"critique_max_rounds": 3})
-    dag.ctx["settings"] = dag.settings
     await dag.start("critique", CRITIQUE)
     texts = ["v1", "Looks perfect!", "v2", "SCORE: N/10", "v3", "10 out of ten"]
     for text in texts:

@@ -28,7 +28,7 @@ from worker.protocol import (
     arq_serialize,
     decode_event,
 )
-from worker.queue import QueuePolicy
+from worker.queue import JobQueue, QueuePolicy
 
 pytestmark = pytest.mark.redis
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -50,7 +50,12 @@ async def run_dag(redis: ArqRedis, *, keys: Keys, settings: Settings, mode: str,
     await pubsub.subscribe(job.channel)
     try:
         await start_dag(
-            redis, keys=keys, settings=settings, policy=QueuePolicy(), template=job, mode=mode, team=team(*MODELS)
+            JobQueue(redis, keys=keys),
+            settings=settings,
+            policy=QueuePolicy(),
+            template=job,
+            mode=mode,
+            team=team(*MODELS),
         )
         deadline = time.monotonic() + 30
         while not events or not isinstance(events[-1], Finished):

@@ -8,7 +8,7 @@ from arq.connections import ArqRedis
 
 from worker.keys import Keys
 from worker.protocol import ChatJob, Message, SamplingParams, arq_deserialize, arq_serialize
-from worker.queue import QueuePolicy, enqueue_chat, queue_position, withdraw
+from worker.queue import JobQueue, QueuePolicy
 
 
 def job(request_id: str, priority: int) -> ChatJob:
@@ -56,16 +56,17 @@ async def fake_pool() -> ArqRedis:
 
 async def test_enqueue_orders_queue_and_withdraw_removes(fake_pool: ArqRedis) -> None:
     keys = Keys(prefix="x")
+    queue = JobQueue(fake_pool, keys=keys)
     policy = QueuePolicy()
     now = int(time.time() * 1000)
     for n, priority in enumerate([1, 2, 3, 2]):
-        await enqueue_chat(
-            fake_pool, keys=keys, job=job(f"r{n}", priority), policy=policy, now_ms=now + n, expires_s=60
-        )
+        await queue.enqueue(job(f"r{n}", priority), policy=policy, now_ms=now + n, expires_s=60)
     order = [m.decode() for m in await fake_pool.zrange(keys.queue("m"), 0, -1)]
     assert order == ["x:r2", "x:r1", "x:r3", "x:r0"]
-    assert await queue_position(fake_pool, keys=keys, model="m", request_id="r3") == 2
-    assert await withdraw(fake_pool, keys=keys, model="m", request_id="r1", marker_ttl_s=5) is True
-    assert await queue_position(fake_pool, keys=keys, model="m", request_id="r1") is None
-    assert await fake_pool.exists(keys.cancelled("r1")) == 1
-    assert await withdraw(fake_pool, keys=keys, model="m", request_id="r1", marker_ttl_s=5) is False
+    assert await queue.position(model="m", request_id="r3") == 2
+    assert await queue.has_job("r3") and not await queue.is_cancelled("r1")
+    assert await queue.withdraw(model="m", request_id="r1", marker_ttl_s=5) is True
+    assert await queue.position(model="m", request_id="r1") is None
+    assert await queue.is_cancelled("r1")
+    assert not await queue.has_job("r1")
+    assert await queue.withdraw(model="m", request_id="r1", marker_ttl_s=5) is False
