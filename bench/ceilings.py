@@ -103,12 +103,14 @@ def libllama_batched_decode(
     import llama_cpp as ll
     from llama_cpp._logger import set_verbose
 
+    from worker.llama_params import model_params
+
     set_verbose(False)  # libllama logs every tensor it loads otherwise
     sequences = list(sequences)
     widest = max(sequences)
     ll.llama_backend_init()
-    model_params = ll.llama_model_default_params()
-    handle = ll.llama_model_load_from_file(str(model).encode(), model_params)
+    # The worker's CPU choice: llama.cpp's default buffers crash on CPUs with AMX.
+    handle = ll.llama_model_load_from_file(str(model).encode(), model_params(setting="auto", gpu_layers=0))
     if not handle:
         raise RuntimeError(f"libllama could not load {model}")
     context_params = ll.llama_context_default_params()

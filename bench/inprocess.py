@@ -15,12 +15,18 @@ class InProcessLlama:
     """`Llama.create_chat_completion(stream=True)` timed like an HTTP client times a server."""
 
     def __init__(self, model_path: Path, *, threads: int, n_ctx: int) -> None:
-        from llama_cpp import Llama
+        from worker.llama_params import open_llama
 
         # The same construction as the worker's engine and llama_cpp.server: the model's own
-        # chat template, n_ctx and thread counts as given.
-        self._llm = Llama(
-            model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+        # chat template, n_ctx and thread counts as given, and the worker's CPU buffer choice
+        # (llama.cpp's default crashes on CPUs with AMX).
+        self._llm = open_llama(
+            path=model_path,
+            extra_buffers="auto",
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
         )
 
     def run(self, content: str, *, max_tokens: int) -> RequestRecord:

@@ -157,7 +157,8 @@ def start_llama_cpp_server(model_path: Path, *, threads: int, n_ctx: int, log_di
     """llama-cpp-python's own OpenAI server; it does one request at a time behind a lock."""
     port = free_port()
     argv = python_module(
-        "llama_cpp.server",
+        # llama_cpp.server with the worker's CPU buffer choice (see bench/llama_cpp_server.py).
+        "bench.llama_cpp_server",
         "--model", str(model_path),
         "--n_threads", str(threads),
         "--n_threads_batch", str(threads),

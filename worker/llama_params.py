@@ -89,7 +89,7 @@ def gpu_options(
     return options
 
 
-class _ChoosingLlama(Llama):
+class ChoosingLlama(Llama):
     """`Llama` whose model params get the CPU choice before its model loads.
 
     Llama 0.3.36 takes no `use_extra_bufts` argument: it builds `self.model_params` from
@@ -114,7 +114,7 @@ class _ChoosingLlama(Llama):
 
 def open_llama(*, path: Path, extra_buffers: ExtraBuffers, **options: Any) -> Llama:
     """Load a model with `Llama`, honouring INFERENCE_CPU_EXTRA_BUFFERS."""
-    llm = _ChoosingLlama(model_path=str(path), extra_buffers=extra_buffers, **options)
+    llm = ChoosingLlama(model_path=str(path), extra_buffers=extra_buffers, **options)
     # A later llama-cpp-python that no longer assigns self.model_params would load the model
     # without the choice: on an AMX CPU that crashes at the first decode, so say why here.
     if "_chosen_model_params" not in llm.__dict__:

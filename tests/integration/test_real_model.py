@@ -13,6 +13,7 @@ import pytest
 
 from presets.embedded import resolve_embedded
 from tests.conftest import StartFront, StartWorker
+from worker.llama_params import open_llama
 
 MODEL = "smollm2-135m"
 pytestmark = [pytest.mark.redis, pytest.mark.model]
@@ -21,10 +22,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.model]
 @pytest.fixture(scope="module")
 def reference_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The same model called in-process: what the service must reproduce at temperature 0."""
-    from llama_cpp import Llama
-
     path = resolve_embedded(MODEL, models_dir=tmp_path_factory.mktemp("ref"))
-    llm = Llama(model_path=str(path), n_ctx=4096, n_threads=2, verbose=False)
+    # With the worker's CPU choice: llama.cpp's default buffers crash on CPUs with AMX.
+    llm = open_llama(path=path, extra_buffers="auto", n_ctx=4096, n_threads=2, verbose=False)
     yield llm
     llm.close()
 
