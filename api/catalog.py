@@ -100,21 +100,30 @@ class Catalog:
         except ModelNotLoadedError:
             return
 
-    async def route(self, requested: str, *, task_type: str | None, deadline: float | None = None) -> str:
-        """The served model for a request; waits while the wanted model is still loading."""
+    async def route(
+        self, requested: str, *, task_type: str | None, deadline: float | None = None, max_tokens: int | None = None
+    ) -> str:
+        """The served model for a request; waits while the wanted model is still loading.
+
+        With `max_tokens`, ContextLengthExceeded when that alone is more than the model's context
+        holds, judged on the same read of the fleet.
+        """
         while True:
             view = await self.view()
             served = view.served()
             try:
                 if self._auto is not None:
-                    return await self._auto_route(requested, task_type=task_type, view=view)
-                return resolve_model(
-                    requested,
-                    task_type=task_type,
-                    loaded=list(served),
-                    roles=self.roles(),
-                    known=self.registry.model_ids(),
-                )
+                    model = await self._auto_route(requested, task_type=task_type, view=view)
+                else:
+                    model = resolve_model(
+                        requested,
+                        task_type=task_type,
+                        loaded=list(served),
+                        roles=self.roles(),
+                        known=self.registry.model_ids(),
+                    )
+                self._check_limit(view, model, max_tokens)
+                return model
             except UnknownModelError:
                 raise ModelNotFound(requested) from None
             except ModelNotLoadedError as exc:
@@ -134,14 +143,14 @@ class Catalog:
         )
         return await self._auto.pick(role, candidates, roles=roles, workers=view.workers)
 
-    async def check_completion_limit(self, model: str, max_tokens: int | None) -> None:
+    def _check_limit(self, view: FleetView, model: str, max_tokens: int | None) -> None:
         """ContextLengthExceeded when `max_tokens` alone is more than the model's context holds.
 
         The context is what the model's workers report (their n_ctx), else the registry's.
         """
         if max_tokens is None:
             return
-        workers = (await self.view()).served().get(model, [])
+        workers = view.served().get(model, [])
         context = max((w.context_length for w in workers), default=0) or self.registry.context_length(model)
         if max_tokens > context:
             raise ContextLengthExceeded(

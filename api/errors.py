@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.arguments import REFUSED
 from api.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -98,9 +99,7 @@ class BrokerUnavailable(ServiceError):
     code = "broker_unavailable"
 
     def __init__(self) -> None:
-        super().__init__(
-            "The service's queue (Redis) is not reachable; retry shortly.", headers={"Retry-After": "2"}
-        )
+        super().__init__("The service's queue (Redis) is not reachable; retry shortly.", headers={"Retry-After": "2"})
 
 
 class EventsLost(ServiceError):
@@ -191,19 +190,35 @@ _UNION_MEMBER_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "
 
 
 def _is_field(part: object) -> bool:
+    # Fields are lower case; a union's model members show up under their class names.
     return isinstance(part, int) or (
-        isinstance(part, str) and part.isidentifier() and part not in _UNION_MEMBER_TAGS and part != "body"
+        isinstance(part, str)
+        and part.isidentifier()
+        and part not in _UNION_MEMBER_TAGS
+        and part != "body"
+        and not part[:1].isupper()
     )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
-    # A value that fits no member of a union fails once per member: a broken limit says more
-    # than "not a string" from the member it was never meant for.
-    first = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0] if errors else {})
+    # An argument refused by name says the most; then a value that fits no member of a union
+    # fails once per member: a broken limit says more than "not a string" from the member it
+    # was never meant for.
+    first = next(
+        (e for e in errors if e.get("type") == REFUSED),
+        next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0] if errors else {}),
+    )
     location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
-    param = ".".join(location) or None
     message = str(first.get("msg", "Invalid request body"))
+    if first.get("type") == REFUSED:
+        # The validator named the field relative to where it ran.
+        location.append(str((first.get("ctx") or {}).get("param", "")))
+        return message, ".".join(part for part in location if part) or None
+    param = ".".join(location) or None
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "extra_forbidden" and loc and _is_field(loc[-1]):
+        return f"Unrecognized request argument supplied: {param}", param
     if param:
         message = f"Invalid value for '{param}': {message}"
     return message, param

@@ -13,18 +13,13 @@ from typing import Any, TypeVar
 from arq.connections import ArqRedis
 
 from api.admission import Admission
+from api.answers import AnswerBuilder, orchestration_info
 from api.catalog import Catalog
 from api.errors import ClientClosedRequest, EventsLost, GenerationFailed, InvalidRequest, RequestTimeout, error_for
 from api.events import EventHub
+from api.jobs import job_for
 from api.metrics import RequestAccount
-from api.protocol import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    ChatMessageOut,
-    Choice,
-    OrchestrationInfo,
-    usage_of,
-)
+from api.protocol import ChatCompletion, ChatCompletionRequest, usage_of
 from api.watchdog import Followed, Watchdog
 from orchestration.errors import NotEnoughModels, UnknownMode
 from orchestration.start import start_dag, withdraw_dag
@@ -37,13 +32,11 @@ from worker.protocol import (
     Event,
     Failed,
     Finished,
-    Message,
     Progress,
-    SamplingParams,
     Summary,
     Token,
 )
-from worker.queue import QueuePolicy, enqueue_chat, queue_position, withdraw
+from worker.queue import JobQueue, QueuePolicy
 from worker.recovery import Reaper
 
 T = TypeVar("T")
@@ -120,6 +113,7 @@ class ChatService:
         self._catalog = catalog
         self._admission = admission
         self._keys = Keys(prefix=settings.key_prefix)
+        self._queue = JobQueue(redis, keys=self._keys)
         self._watchdog = Watchdog(redis, keys=self._keys, reaper=Reaper(redis, keys=self._keys))
         # Closing tasks run to the end even when the request's task is cancelled again.
         self._closing: set[asyncio.Task[None]] = set()
@@ -130,28 +124,13 @@ class ChatService:
         )
 
     def _job_for(self, request: ChatCompletionRequest, *, request_id: str, model: str, deadline_ms: int) -> ChatJob:
-        params = SamplingParams(
-            max_tokens=request.completion_limit(),
-            temperature=0.7 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            stop=request.stop_list(),
-            seed=request.seed,
-            frequency_penalty=request.frequency_penalty or 0.0,
-            presence_penalty=request.presence_penalty or 0.0,
-        )
-        return ChatJob(
+        return job_for(
+            request,
             request_id=request_id,
             model=model,
-            messages=[
-                Message(role=m.role if m.role != "developer" else "system", content=m.text()) for m in request.messages
-            ],
-            params=params,
             channel=self._keys.events(request_id),
             priority=request.priority or self._settings.default_priority,
             deadline_ms=deadline_ms,
-            task_type=request.task_type,
-            orchestration_mode=request.orchestration_mode,
-            stream=request.stream,
         )
 
     async def _team(self, mode: str) -> Team:
@@ -186,12 +165,20 @@ class ChatService:
         mode = request.orchestration_mode or self._catalog.active.mode
         orchestrated = mode != "single"
         if orchestrated:
+            # The preset's mode applies to requests that name none.
+            conflict = request.orchestration_conflict(mode)
+            if conflict is not None:
+                raise InvalidRequest(conflict[1], param=conflict[0])
             # Which models run which steps is the DAG's choice; the requested model must exist.
             await self._catalog.check_known(request.model)
             model: str = mode
         else:
-            model = await self._catalog.route(request.model, task_type=request.task_type, deadline=started + timeout_s)
-            await self._catalog.check_completion_limit(model, request.completion_limit())
+            model = await self._catalog.route(
+                request.model,
+                task_type=request.task_type,
+                deadline=started + timeout_s,
+                max_tokens=request.completion_limit(),
+            )
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if account is not None:
             account.routed(request_id=request_id, model=model)
@@ -218,10 +205,8 @@ class ChatService:
             if orchestrated:
                 await self._start_dag(job, mode=mode)
             else:
-                submission.queue_position = await enqueue_chat(
-                    self._redis,
-                    keys=self._keys,
-                    job=job,
+                submission.queue_position = await self._queue.enqueue(
+                    job,
                     policy=self._policy,
                     now_ms=int(now * 1000),
                     expires_s=timeout_s,
@@ -235,9 +220,7 @@ class ChatService:
     async def _position(self, submission: Submission) -> int:
         if submission.dag:
             return 0
-        found = await queue_position(
-            self._redis, keys=self._keys, model=submission.model, request_id=submission.request_id
-        )
+        found = await self._queue.position(model=submission.model, request_id=submission.request_id)
         return found or 0
 
     async def _await_acceptance(self, submission: Submission, *, wait_s: float | None) -> None:
@@ -266,8 +249,7 @@ class ChatService:
     async def _start_dag(self, template: ChatJob, *, mode: str) -> None:
         try:
             await start_dag(
-                self._redis,
-                keys=self._keys,
+                self._queue,
                 settings=self._settings,
                 policy=self._policy,
                 template=template,
@@ -322,13 +304,7 @@ class ChatService:
             cancel = (
                 withdraw_dag(self._redis, keys=self._keys, request_id=submission.request_id, marker_ttl_s=ttl_s)
                 if submission.dag
-                else withdraw(
-                    self._redis,
-                    keys=self._keys,
-                    model=submission.model,
-                    request_id=submission.request_id,
-                    marker_ttl_s=ttl_s,
-                )
+                else self._queue.withdraw(model=submission.model, request_id=submission.request_id, marker_ttl_s=ttl_s)
             )
             with contextlib.suppress(Exception):
                 await cancel
@@ -399,14 +375,14 @@ class ChatService:
         self, request: ChatCompletionRequest, *, account: RequestAccount | None = None
     ) -> ChatCompletion:
         submission = await self.submit(request, account=account)
+        answer = AnswerBuilder(n=request.choice_count(), logprobs=request.wants_logprobs())
+        finish: Finished | None = None
         try:
-            parts: list[str] = []
-            finish: Finished | None = None
             async for event in self.events(submission):
                 if isinstance(event, Token):
-                    parts.append(event.text)
+                    answer.add(event)
                 elif isinstance(event, Restarted):
-                    parts.clear()
+                    answer.restart()
                 elif isinstance(event, Finished):
                     finish = event
         finally:
@@ -417,7 +393,7 @@ class ChatService:
             id=submission.request_id,
             created=submission.created,
             model=finish.model,
-            choices=[Choice(message=ChatMessageOut(content="".join(parts)), finish_reason=finish.reason)],
+            choices=answer.choices(finish),
             usage=usage_of(
                 finish.prompt_tokens + submission.steps_prompt_tokens,
                 finish.completion_tokens + submission.steps_completion_tokens,
@@ -451,16 +427,4 @@ def stream_extras(submission: Submission, finish: Finished) -> tuple[int, int, d
         finish.prompt_tokens + submission.steps_prompt_tokens,
         finish.completion_tokens + submission.steps_completion_tokens,
         {"orchestration": info.model_dump(exclude_none=True)} if info else None,
-    )
-
-
-def orchestration_info(summary: Summary | None) -> OrchestrationInfo | None:
-    if summary is None:
-        return None
-    return OrchestrationInfo(
-        mode=summary.mode,
-        models_used=summary.models_used,
-        rounds=summary.rounds,
-        confidence=summary.confidence,
-        low_confidence=summary.low_confidence,
     )

@@ -1,7 +1,8 @@
 """Server-sent events in OpenAI's chat.completion.chunk format.
 
-A chunk per token is the hot path, so each chunk is the request's fixed JSON prefix,
-the JSON-encoded text and a fixed suffix, rather than a model built and dumped per token.
+A chunk per token is the hot path, so a chunk of choice 0's plain text is the request's fixed
+JSON prefix, the JSON-encoded text and a fixed suffix, rather than a model built and dumped per
+token; other choices, reasoning, tool calls and log probabilities take the general way.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 import msgspec
 
+from api.answers import finish_reasons
 from api.service import Queued, Restarted, StreamEvent
-from worker.protocol import Finished, Progress, Summary, Token
+from worker.protocol import Finished, Progress, Summary, Token, TokenLogprob, ToolCallDelta
 
 DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -44,10 +46,18 @@ class ChunkWriter:
             b',"usage":null}\n\n' if include_usage else b"}\n\n"
         )
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None, extra: dict[str, Any] | None = None) -> bytes:
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None,
+        extra: dict[str, Any] | None = None,
+        *,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
         body: dict[str, Any] = {
             **self._base,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if self._include_usage:
             body["usage"] = None
@@ -55,14 +65,27 @@ class ChunkWriter:
             body.update(extra)
         return sse(body)
 
-    def role(self) -> bytes:
-        return self._chunk({"role": "assistant", "content": ""}, None)
+    def role(self, index: int = 0) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""}, None, index=index)
 
     def content(self, text: str) -> bytes:
+        """Choice 0's next text, and nothing else: the common chunk, from prebuilt bytes."""
         return self._content_prefix + _encode(text) + self._content_suffix
 
-    def finish(self, reason: str, *, extra: dict[str, Any] | None = None) -> bytes:
-        return self._chunk({}, reason, extra)
+    def piece(self, token: Token, *, logprobs: bool) -> bytes:
+        """Any piece of any choice: text, reasoning, tool call pieces, log probabilities."""
+        delta: dict[str, Any] = {}
+        if token.reasoning:
+            delta["reasoning_content"] = token.reasoning
+        if token.text or not (token.reasoning or token.tool_calls):
+            delta["content"] = token.text
+        if token.tool_calls:
+            delta["tool_calls"] = [tool_call_delta(call) for call in token.tool_calls]
+        entries = {"content": [logprob_entry(entry) for entry in token.logprobs]} if logprobs else None
+        return self._chunk(delta, None, index=token.index, logprobs=entries)
+
+    def finish(self, reason: str, *, index: int = 0, extra: dict[str, Any] | None = None) -> bytes:
+        return self._chunk({}, reason, extra, index=index)
 
     def usage(self, *, prompt_tokens: int, completion_tokens: int) -> bytes:
         body: dict[str, Any] = {
@@ -80,45 +103,74 @@ class ChunkWriter:
         return sse(body)
 
 
+def tool_call_delta(call: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's streamed tool call: the first piece has its id, type and name, later ones arguments only."""
+    if call.id is None:
+        return {"index": call.index, "function": {"arguments": call.arguments}}
+    return {
+        "index": call.index,
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name or "", "arguments": call.arguments},
+    }
+
+
+def logprob_entry(entry: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": entry.token,
+        "logprob": entry.logprob,
+        "bytes": entry.bytes,
+        "top_logprobs": [{"token": top.token, "logprob": top.logprob, "bytes": top.bytes} for top in entry.top],
+    }
+
+
 async def relay(
     events: AsyncIterator[StreamEvent],
     writer: ChunkWriter,
     *,
     include_usage: bool,
     extras: Callable[[Finished], tuple[int, int, dict[str, Any] | None]],
+    n: int = 1,
+    logprobs: bool = False,
 ) -> AsyncIterator[bytes]:
-    """Chunks for one answer's events, ending with finish_reason, usage and [DONE].
+    """Chunks for one answer's events, ending with each choice's finish_reason, usage and [DONE].
 
     `extras` gives, once the answer finished, the total token counts over every step and
     the fields (the orchestration summary) that go on the final chunk.
     """
-    started = False
+    # Choices whose role chunk went out; each gets one before its first piece.
+    started: set[int] = set()
     async for event in events:
-        if isinstance(event, Progress):
-            yield comment(f"step {event.step} {event.state} on {event.model}")
-            continue
-        if isinstance(event, Queued):
-            yield comment(f"queue position {event.position}")
-            continue
-        if isinstance(event, Restarted):
-            # Nothing of the first run reached this client (else it would have failed).
-            yield comment("the job runs again on another worker")
-            continue
-        if isinstance(event, Summary):
-            if event.answer_model:
-                writer.set_model(event.answer_model)
-            continue
-        if not started:
-            # The role chunk waits for the answer, so that it names the model that writes it.
-            started = True
-            yield writer.role()
         if isinstance(event, Token):
-            yield writer.content(event.text)
-        else:
+            index = event.index
+            if index not in started:
+                # It waits for the answer, so that it names the model that writes it.
+                started.add(index)
+                yield writer.role(index)
+            if index == 0 and not (logprobs or event.reasoning or event.tool_calls):
+                yield writer.content(event.text)
+            else:
+                yield writer.piece(event, logprobs=logprobs)
+        elif isinstance(event, Finished):
+            ends = finish_reasons(event, n=n)
+            for index, _ in ends:
+                if index not in started:
+                    started.add(index)
+                    yield writer.role(index)
             prompt_tokens, completion_tokens, fields = extras(event)
-            yield writer.finish("stop" if event.reason == "cancelled" else event.reason, extra=fields)
+            for position, (index, reason) in enumerate(ends):
+                yield writer.finish(reason, index=index, extra=fields if position == len(ends) - 1 else None)
             if include_usage:
                 yield writer.usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        elif isinstance(event, Progress):
+            yield comment(f"step {event.step} {event.state} on {event.model}")
+        elif isinstance(event, Queued):
+            yield comment(f"queue position {event.position}")
+        elif isinstance(event, Restarted):
+            # Nothing of the first run reached this client (else it would have failed).
+            yield comment("the job runs again on another worker")
+        elif isinstance(event, Summary) and event.answer_model:
+            writer.set_model(event.answer_model)
     if not started:
         yield writer.role()
     yield DONE

@@ -140,8 +140,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"  longest path shown; {preview.early_exit}")
     print()
     rows = [
-        [step.name, step.model, ", ".join(step.after) or "-", "yes" if step.streamed else ""]
-        for step in preview.steps
+        [step.name, step.model, ", ".join(step.after) or "-", "yes" if step.streamed else ""] for step in preview.steps
     ]
     print(_table(["STEP", "MODEL", "AFTER", "STREAMED"], rows))
     print()

@@ -28,6 +28,10 @@ MODELS_YAML = _HERE / "models.yaml"
 PRESETS_YAML = _HERE / "presets.yaml"
 
 SourceKind = Literal["huggingface", "pypi"]
+# How a model family writes tool calls: Hermes `<tool_call>{...}</tool_call>` blocks, Llama 3.x's
+# bare JSON object with "parameters", or Phi-4-mini's `<|tool_call|>{...}<|/tool_call|>` blocks.
+ToolFormat = Literal["hermes", "llama3", "phi4"]
+TOOL_FORMATS: tuple[ToolFormat, ...] = ("hermes", "llama3", "phi4")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +60,10 @@ class ModelSpec:
     memory_mb: int
     roles: tuple[str, ...]
     placement: Placement = field(default_factory=Placement)
+    # None where models.yaml does not say: the worker then reads it off the chat template.
+    tool_format: ToolFormat | None = None
+    # The model thinks in a `<think>...</think>` block before it answers.
+    reasoning: bool | None = None
 
     @property
     def file_name(self) -> str:
@@ -208,6 +216,12 @@ def _parse_model(model_id: str, raw: Mapping[str, Any]) -> ModelSpec:
     if not isinstance(secondary, list):
         raise _fail(where, "secondary_roles must be a list")
     roles = _parse_roles([_get(raw, "primary_role", str, where), *secondary], where)
+    tool_format = raw.get("tool_format")
+    if tool_format is not None and tool_format not in TOOL_FORMATS:
+        raise _fail(where, f"unknown tool_format {tool_format!r} (tool formats: {', '.join(TOOL_FORMATS)})")
+    reasoning = raw.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, bool):
+        raise _fail(where, f"reasoning must be true or false, not {reasoning!r}")
     return ModelSpec(
         model_id=model_id,
         name=_get(raw, "name", str, where),
@@ -219,6 +233,8 @@ def _parse_model(model_id: str, raw: Mapping[str, Any]) -> ModelSpec:
         memory_mb=_get(raw, "memory_mb", int, where),
         roles=roles,
         placement=placement_from(raw.get("placement"), where=where),
+        tool_format=cast(ToolFormat | None, tool_format),
+        reasoning=reasoning,
     )
 
 
@@ -263,9 +279,14 @@ def apply_role_overrides(
     return result
 
 
+def load_model_specs() -> dict[str, ModelSpec]:
+    """Every model of models.yaml (no presets, no model directory): what a worker needs about its model."""
+    return {str(k): _parse_model(str(k), v) for k, v in _read_table(MODELS_YAML, "models").items()}
+
+
 def load_registry(*, models_dir: Path, model_roles_override: dict[str, list[str]] | None = None) -> Registry:
     """Read both YAML files; INFERENCE_MODEL_ROLES-style overrides replace model roles."""
-    models = {str(k): _parse_model(str(k), v) for k, v in _read_table(MODELS_YAML, "models").items()}
+    models = load_model_specs()
     if model_roles_override:
         models = apply_role_overrides(models, model_roles_override)
     presets = {str(k): _parse_preset(str(k), v) for k, v in _read_table(PRESETS_YAML, "presets").items()}

@@ -3,7 +3,9 @@
 One engine serves all of a worker's concurrent jobs (`load_engines` hands the same object
 to every slot of the runtime). The weights are loaded once; a `BatchScheduler` thread
 decodes every running sequence in one batch per step and samples in C with a sampler chain
-per sequence, and turns each sequence's tokens into its text (detokenizing, stop strings).
+per sequence (and the request's grammar, see worker/sampler_chain.py), and turns each
+sequence's tokens into its text (detokenizing, stop strings, log probabilities on request).
+The n choices of a request are n sequences that share one read of the prompt.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ import llama_cpp
 
 from presets.settings import KvCacheLayout
 from worker.chat_prompt import ChatPrompter
-from worker.engine import Emit, FinishReason, Outcome, Prompt, check_fits
+from worker.choices import ChoiceText
+from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter, check_fits
 from worker.hardware import ExtraBuffers
 from worker.llama_batch import BatchScheduler, SequenceRequest
 from worker.llama_params import model_params
-from worker.protocol import Message, SamplingParams
-from worker.textstream import TextStream
+from worker.logprobs import LogprobReader
+from worker.protocol import Message, SamplingParams, Tool
+from worker.sampler_chain import build_sampler
 
-# llama-cpp-python's high-level sampler settings, which LlamaEngine runs with: the same
-# request samples the same way on either engine.
-_TOP_K = 40
-_MIN_P = 0.05
+# The most choices one request may ask for, and alternatives per token (OpenAI's limits are 128 and 20).
+MAX_CHOICES = 4
+MAX_TOP_LOGPROBS = 20
 # A job waiting on its sequence checks this often that the scheduler thread still runs.
 _CHECK_ALIVE_S = 1.0
 
@@ -123,73 +126,73 @@ class BatchedLlamaEngine:
     def group_hand_ons(self, scope: Callable[[], AbstractContextManager[None]]) -> None:
         self._scheduler.hand_on_scope = scope
 
-    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
-        tokens, stop = self._prompter.render(messages)
-        check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
-        return Prompt(tokens=tokens, stop=stop)
+    def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
+        rendered = self._prompter.render(messages, tools=tools)
+        check_fits(prompt_tokens=len(rendered.tokens), params=params, context_length=self.context_length)
+        return Prompt(tokens=rendered.tokens, stop=rendered.stop, in_reasoning=rendered.in_reasoning)
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
+        if not 1 <= params.n <= MAX_CHOICES:
+            raise UnsupportedParameter(f"n must be between 1 and {MAX_CHOICES}", param="n")
+        if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise UnsupportedParameter(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
         budget = self.context_length - len(prompt.tokens)
         limit = min(params.max_tokens, budget) if params.max_tokens else budget
-        text = TextStream(stop=[*params.stop, *prompt.stop])
-        piece = self._piece
-
-        def on_token(token: int) -> bool:
-            # Runs on the scheduler thread, between two decode steps.
-            out = text.feed(piece(token))
-            if out:
-                emit(out)
-            return text.stopped
-
-        request = SequenceRequest(
-            tokens=list(prompt.tokens),
-            limit_tokens=limit,
-            sampler=self._sampler_for(params, limit),
-            cancel=cancel,
-            on_token=on_token,
+        reader = LogprobReader(ctx=self._ctx, n_vocab=self._n_vocab, piece=self._piece) if params.logprobs else None
+        choices = [
+            ChoiceText(
+                index=i,
+                stop=[*params.stop, *prompt.stop],
+                emit=emit,
+                piece=self._piece,
+                reader=reader,
+                top_logprobs=params.top_logprobs,
+            )
+            for i in range(params.n)
+        ]
+        requests: list[SequenceRequest] = []
+        try:
+            for i, choice in enumerate(choices):
+                sampler = build_sampler(params, vocab=self._vocab, n_vocab=self._n_vocab, limit_tokens=limit, choice=i)
+                requests.append(
+                    SequenceRequest(
+                        tokens=list(prompt.tokens),
+                        limit_tokens=limit,
+                        sampler=sampler,
+                        cancel=cancel,
+                        on_token=choice.on_token,
+                    )
+                )
+            leader, *followers = requests
+            leader.followers = followers
+            self._scheduler.submit(leader)
+        except Exception:
+            for request in requests:
+                request.sampler.free()
+            raise
+        for request in requests:
+            while not request.finished.wait(_CHECK_ALIVE_S):
+                if not self._scheduler.running:
+                    raise RuntimeError("the batch scheduler stopped")
+        for request in requests:
+            if request.error is not None:
+                raise request.error
+        for choice, request in zip(choices, requests, strict=True):
+            choice.finish(request.reason)
+        ends = tuple(
+            ChoiceOutcome(index=i, reason=request.reason, completion_tokens=request.produced)
+            for i, request in enumerate(requests)
         )
-        self._scheduler.submit(request)
-        while not request.finished.wait(_CHECK_ALIVE_S):
-            if not self._scheduler.running:
-                raise RuntimeError("the batch scheduler stopped")
-        if request.error is not None:
-            raise request.error
-        reason: FinishReason = request.reason
-        tail = text.flush()
-        if tail and reason != "cancelled":
-            emit(tail)
-        return Outcome(reason=reason, completion_tokens=request.produced)
+        return Outcome(
+            reason=leader.reason,
+            completion_tokens=sum(end.completion_tokens for end in ends),
+            choices=ends if params.n > 1 else (),
+        )
 
     def close(self) -> None:
         self._scheduler.close()
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
-
-    def _sampler_for(self, params: SamplingParams, limit: int) -> Any:
-        """A native chain in llama-cpp-python's order: top-k, penalties, then greedy or top-p, min-p, temperature."""
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = llama_cpp.llama_sampler_chain_add
-        penalised = bool(params.frequency_penalty or params.presence_penalty)
-        if penalised or params.temperature > 0:
-            add(chain, llama_cpp.llama_sampler_init_top_k(_TOP_K))
-        if penalised:
-            # Over the whole completion (OpenAI's "so far"); after top-k, where it costs 40 lookups, not the vocabulary.
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    self._n_vocab, limit, 1.0, params.frequency_penalty, params.presence_penalty
-                ),
-            )
-        if params.temperature <= 0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
-        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_min_p(_MIN_P, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-        # Without a request seed, draw one, so runs differ like other servers'.
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
 
     def _tokenize(self, text: bytes, add_bos: bool) -> list[int]:
         room = len(text) + 2

@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from worker.hardware import ExtraBuffers
-from worker.protocol import Message, SamplingParams
+from worker.protocol import Message, SamplingParams, TokenLogprob, Tool
 from worker.textstream import TextStream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from worker.logprobs import LogprobReader, LogprobText
 
 FinishReason = Literal["stop", "length", "cancelled"]
-Emit = Callable[[str], None]
+
+
+class Emit(Protocol):
+    """Takes the next text of choice `index`, with the log probabilities of the tokens it came from."""
+
+    def __call__(self, text: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None: ...
 
 
 class PromptTooLong(ValueError):
@@ -44,12 +52,32 @@ class Prompt:
     stop: list[str]
     # The null engine's predetermined answer; real engines leave it empty.
     script: tuple[str, ...] = ()
+    # The template left a reasoning block (`<think>`) open: the text starts as reasoning.
+    in_reasoning: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChoiceOutcome:
+    index: int
+    reason: FinishReason
+    completion_tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
+    # Choice 0's reason; completion_tokens sums every choice's.
     reason: FinishReason
     completion_tokens: int
+    # With n > 1, each choice's end (choice 0 included).
+    choices: tuple[ChoiceOutcome, ...] = ()
+
+
+class UnsupportedParameter(ValueError):
+    """This backend cannot honour a request parameter (say, logprobs on an engine without them): a 400."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Engine(Protocol):
@@ -59,7 +87,7 @@ class Engine(Protocol):
     context_length: int
     backend: str
 
-    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
+    def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
         """Tokenize the chat prompt; PromptTooLong when it cannot fit, PromptRejected when the template refuses it."""
         ...
 
@@ -85,7 +113,13 @@ def check_fits(*, prompt_tokens: int, params: SamplingParams, context_length: in
 
 
 class LlamaEngine:
-    """llama-cpp-python: the model's own chat template, token-exact usage counts."""
+    """llama-cpp-python: the model's own chat template, token-exact usage counts.
+
+    One sequence at a time: with n > 1 the choices run one after the other, and Llama's prefix
+    match keeps the prompt's KV cache, so only the first choice pays for the prefill. A request
+    seed gives choice i the seed `seed + i`. A grammar joins llama.cpp's sampler chain. Log
+    probabilities are the raw model distribution, before the sampling settings and the grammar.
+    """
 
     backend = "llamacpp"
 
@@ -129,46 +163,147 @@ class LlamaEngine:
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
-    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
-        tokens, stop = self._prompter.render(messages)
-        check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
-        return Prompt(tokens=tokens, stop=stop)
+    def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
+        if params.grammar is not None:
+            self._check_grammar(params.grammar)
+        rendered = self._prompter.render(messages, tools=tools)
+        check_fits(prompt_tokens=len(rendered.tokens), params=params, context_length=self.context_length)
+        return Prompt(tokens=rendered.tokens, stop=rendered.stop, in_reasoning=rendered.in_reasoning)
+
+    def _check_grammar(self, grammar: str) -> None:
+        from worker.grammar import check_grammar
+
+        # One llama.cpp cannot parse would leave the sampler chain with a null sampler: a crash.
+        check_grammar(grammar, vocab=self._llm._model.vocab)
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        grammar = None
+        if params.grammar is not None:
+            # Checked again: the worker may have wrapped the grammar since prepare() (room for reasoning).
+            self._check_grammar(params.grammar)
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+        ends: list[ChoiceOutcome] = []
+        for index in range(max(params.n, 1)):
+            if ends and ends[-1].reason == "cancelled":
+                ends.append(ChoiceOutcome(index=index, reason="cancelled", completion_tokens=0))
+                continue
+            ends.append(self._choice(prompt, params, index=index, grammar=grammar, cancel=cancel, emit=emit))
+        return outcome_of(ends)
+
+    def _choice(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        index: int,
+        grammar: LlamaGrammar | None,
+        cancel: threading.Event,
+        emit: Emit,
+    ) -> ChoiceOutcome:
         llm = self._llm
         budget = self.context_length - len(prompt.tokens)
         limit = min(params.max_tokens, budget) if params.max_tokens else budget
-        # Always seed: without a request seed, draw one, so runs differ like other servers'.
-        llm.set_seed(params.seed if params.seed is not None else int.from_bytes(_random_bytes(4), "little"))
-        text = TextStream(stop=[*params.stop, *prompt.stop])
+        # Always seed: without a request seed, draw one, so runs (and choices) differ like other servers'.
+        llm.set_seed(params.seed + index if params.seed is not None else int.from_bytes(_random_bytes(4), "little"))
+        text = _ChoiceText(llm, stop=[*params.stop, *prompt.stop], params=params)
         produced = 0
         reason: FinishReason = "length"
         tokens: Any = llm.generate(
-            prompt.tokens, temp=params.temperature, top_p=params.top_p, top_k=40, min_p=0.05, repeat_penalty=1.0
+            prompt.tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=40,
+            min_p=0.05,
+            repeat_penalty=1.0,
+            # Over the last 64 tokens sampled (Llama's last_n_tokens_size), not the whole completion.
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            grammar=grammar,
         )
-        for token in tokens:
-            if cancel.is_set():
-                reason = "cancelled"
-                break
-            if llm_token_is_eog(llm, token) or token in self._eos:
-                reason = "stop"
-                break
-            produced += 1
-            piece = text.feed(llm.detokenize([token]))
-            if piece:
-                emit(piece)
-            if text.stopped:
-                reason = "stop"
-                break
-            if produced >= limit:
-                break
-        tail = text.flush()
-        if tail and reason != "cancelled":
-            emit(tail)
-        return Outcome(reason=reason, completion_tokens=produced)
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if llm_token_is_eog(llm, token) or token in self._eos:
+                    reason = "stop"
+                    break
+                produced += 1
+                # Read before the generator decodes this token: the logits it was sampled from.
+                piece, logprobs = text.feed(token)
+                if piece or logprobs:
+                    emit(piece, index=index, logprobs=logprobs)
+                if text.stopped:
+                    reason = "stop"
+                    break
+                if produced >= limit:
+                    break
+        finally:
+            # The next choice's generate() replaces the sampler this one still refers to.
+            tokens.close()
+        if reason != "cancelled":
+            tail, logprobs = text.flush()
+            if tail or logprobs:
+                emit(tail, index=index, logprobs=logprobs)
+        return ChoiceOutcome(index=index, reason=reason, completion_tokens=produced)
 
     def close(self) -> None:
         self._llm.close()
+
+
+class _ChoiceText:
+    """One choice's text, with each token's log probabilities when the request asks for them.
+
+    They are read from the logits the token was sampled from: the context keeps the last
+    step's until the next decode, so no `logits_all` buffer is needed.
+    """
+
+    def __init__(self, llm: Llama, *, stop: list[str], params: SamplingParams) -> None:
+        self._llm = llm
+        self._top = params.top_logprobs
+        self._plain: TextStream | None = None
+        self._scored: tuple[LogprobText, LogprobReader] | None = None
+        if params.logprobs:
+            from worker.logprobs import LogprobReader, LogprobText
+
+            reader = LogprobReader(
+                ctx=llm._ctx.ctx, n_vocab=llm.n_vocab(), piece=lambda t: llm.detokenize([t], special=True)
+            )
+            self._scored = (LogprobText(stop=stop), reader)
+        else:
+            self._plain = TextStream(stop=stop)
+
+    @property
+    def stopped(self) -> bool:
+        if self._scored is not None:
+            return self._scored[0].stopped
+        assert self._plain is not None
+        return self._plain.stopped
+
+    def feed(self, token: int) -> tuple[str, list[TokenLogprob]]:
+        raw = self._llm.detokenize([token])
+        if self._scored is None:
+            assert self._plain is not None
+            return self._plain.feed(raw), []
+        stream, reader = self._scored
+        return stream.feed(raw, reader.score(row=-1, token=token, top=self._top))
+
+    def flush(self) -> tuple[str, list[TokenLogprob]]:
+        if self._scored is None:
+            assert self._plain is not None
+            return self._plain.flush(), []
+        return self._scored[0].flush()
+
+
+def outcome_of(ends: Sequence[ChoiceOutcome]) -> Outcome:
+    """The job's outcome from each choice's: choice 0's reason, every choice's tokens."""
+    return Outcome(
+        reason=ends[0].reason,
+        completion_tokens=sum(end.completion_tokens for end in ends),
+        choices=tuple(ends) if len(ends) > 1 else (),
+    )
 
 
 def _random_bytes(n: int) -> bytes:

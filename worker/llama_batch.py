@@ -16,6 +16,12 @@ With llama.cpp's non-unified KV cache each slot's sequence has a stream of cells
 and a slot's cached tokens are its own stream's. With a shared (unified) cache the slots
 draw on one pool of cells; a sequence is then admitted once the pool can hold its prompt plus
 its whole completion budget, so a decode never runs out of cells midway.
+
+The choices of one prompt (n > 1) read it once: the first is admitted, the others follow it.
+Once the prompt is decoded, each follower that finds a free slot gets a copy of its cells
+(`llama_memory_seq_cp`: between the streams of a non-unified cache a copy of the whole
+stream, made by the next decode before it writes; shared cells in a unified one) and samples
+its first token from the same logits. The rest wait at the head of the queue for a slot.
 """
 
 from __future__ import annotations
@@ -31,25 +37,30 @@ from typing import Any, Literal, cast
 
 import llama_cpp
 
+from worker.sampler_chain import Sampler
+
 logger = logging.getLogger(__name__)
 
 EndReason = Literal["stop", "length", "cancelled"]
-# Takes each sampled token (end-of-generation tokens excepted); True ends the sequence ("stop").
-OnToken = Callable[[int], bool]
+# Takes each sampled token (end-of-generation tokens excepted) and the batch row whose logits
+# it came from, readable until the next decode; True ends the sequence ("stop").
+OnToken = Callable[[int, int], bool]
 
 
 @dataclass(eq=False, kw_only=True)
 class SequenceRequest:
-    """One generation handed to the scheduler; the sampler chain becomes the scheduler's to free."""
+    """One generation handed to the scheduler; the sampler becomes the scheduler's to free."""
 
     tokens: list[int]
     limit_tokens: int
-    sampler: Any
+    sampler: Sampler
     cancel: threading.Event
     on_token: OnToken
     finished: threading.Event = field(default_factory=threading.Event)
     reason: EndReason = "length"
     error: Exception | None = None
+    # Choices of the same prompt that start from this sequence's prefill (see the module's docstring).
+    followers: list[SequenceRequest] = field(default_factory=list)
     # Scheduler-side progress.
     pending: list[int] = field(default_factory=list)
     produced: int = 0
@@ -178,6 +189,8 @@ class BatchScheduler:
         outputs: list[int] = []
         sampled: list[tuple[SequenceRequest, int]] = []
         prefilling: list[SequenceRequest] = []
+        # Sequences whose prompt this step completes, with choices waiting to start from it.
+        forks: list[tuple[SequenceRequest, int]] = []
         for slot in self._slots:
             request = slot.request
             if request is None:
@@ -214,6 +227,8 @@ class BatchScheduler:
                 # The prompt's last token gives the logits of the first completion token.
                 outputs[-1] = 1
                 sampled.append((request, len(tokens) - 1))
+                if request.followers:
+                    forks.append((request, len(tokens) - 1))
         if not tokens:
             return
         n = len(tokens)
@@ -225,24 +240,26 @@ class BatchScheduler:
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-        sample = llama_cpp.llama_sampler_sample
+        for request, index in forks:
+            sampled += self._fork(request, index)
         is_end = llama_cpp.llama_vocab_is_eog
         # Every sequence is sampled before any token is handed on: each ctypes call lets go
         # of the GIL, and a job's event loop woken between two hand-ons would send this step's
         # tokens to Redis in several round trips instead of one.
-        picked = [(request, sample(request.sampler, self._ctx, index)) for request, index in sampled]
-        ends = [bool(is_end(self._vocab, token)) for _, token in picked]
+        ctx = self._ctx
+        picked = [(request, request.sampler.sample(ctx, index), index) for request, index in sampled]
+        ends = [bool(is_end(self._vocab, token)) for _, token, _ in picked]
         with self.hand_on_scope():
-            for (request, token), end in zip(picked, ends, strict=True):
-                self._hand_on(request, token, end=end)
+            for (request, token, index), end in zip(picked, ends, strict=True):
+                self._hand_on(request, token, index, end=end)
 
-    def _hand_on(self, request: SequenceRequest, token: int, *, end: bool) -> None:
+    def _hand_on(self, request: SequenceRequest, token: int, row: int, *, end: bool) -> None:
         if end:
             self._release(request, "stop")
             return
         request.produced += 1
         try:
-            stop = request.on_token(token)
+            stop = request.on_token(token, row)
         except Exception as exc:
             request.error = exc
             self._release(request, "cancelled")
@@ -283,20 +300,47 @@ class BatchScheduler:
         usable = len(request.tokens) - 1
         scored = [(min(common_prefix_length(slot.history, request.tokens), usable), slot) for slot in free]
         reuse, slot = max(scored, key=lambda pair: (pair[0], -pair[1].last_used))
-        if self._shared_cells is not None:
-            cells = self._shared_cells
-            claimed = sum(
-                max(len(s.history), s.request.cells_needed if s.request else 0) for s in self._slots if s is not slot
-            )
-            if claimed + request.cells_needed > cells:
-                claimed -= self._evict_for(claimed + request.cells_needed - cells, keep=slot)
-                if claimed + request.cells_needed > cells:
-                    return False
+        if not self._has_room(request, slot):
+            return False
         reuse = self._truncate(slot, reuse)
         slot.request = request
         request.slot = slot
         request.pending = request.tokens[reuse:]
         return True
+
+    def _has_room(self, request: SequenceRequest, slot: _Slot) -> bool:
+        """Whether a shared pool of cells holds the request in `slot`, evicting idle caches if need be."""
+        if self._shared_cells is None:
+            return True
+        cells = self._shared_cells
+        claimed = sum(
+            max(len(s.history), s.request.cells_needed if s.request else 0) for s in self._slots if s is not slot
+        )
+        if claimed + request.cells_needed > cells:
+            claimed -= self._evict_for(claimed + request.cells_needed - cells, keep=slot)
+        return claimed + request.cells_needed <= cells
+
+    def _fork(self, leader: SequenceRequest, row: int) -> list[tuple[SequenceRequest, int]]:
+        """Starts the leader's followers from its just-decoded prompt; those without a free slot queue first."""
+        source = leader.slot
+        assert source is not None
+        started: list[tuple[SequenceRequest, int]] = []
+        while leader.followers:
+            free = sorted((s for s in self._slots if s.request is None), key=lambda s: s.last_used)
+            if not free or not self._has_room(leader.followers[0], free[0]):
+                break
+            # In its slot first: should a call below fail, the failed step ends it like the others.
+            follower, slot = leader.followers.pop(0), free[0]
+            slot.request, follower.slot = follower, slot
+            self._truncate(slot, 0)
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+            slot.history = list(source.history)
+            # Sampled from the row of the leader's last prompt token, like the leader.
+            started.append((follower, row))
+        with self._wake:
+            self._waiting.extendleft(reversed(leader.followers))
+        leader.followers = []
+        return started
 
     def _truncate(self, slot: _Slot, keep: int) -> int:
         """Drop the slot's cached tokens from `keep` on; how many stay (0 when the cache cannot be cut there)."""
@@ -333,10 +377,13 @@ class BatchScheduler:
         self._finish(request, reason)
 
     def _finish(self, request: SequenceRequest, reason: EndReason) -> None:
+        # Followers still waiting on the prompt end with it (a cancel, a failed step, closing).
+        followers, request.followers = request.followers, []
+        for follower in followers:
+            follower.error = follower.error or request.error
+            self._finish(follower, reason)
         request.reason = reason
-        if request.sampler is not None:
-            llama_cpp.llama_sampler_free(request.sampler)
-            request.sampler = None
+        request.sampler.free()
         request.finished.set()
 
     def _fail_running(self, error: Exception) -> None:

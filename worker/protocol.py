@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 
-class Message(msgspec.Struct, frozen=True):
+class ToolCall(msgspec.Struct, frozen=True):
+    """A function call an assistant made: OpenAI's `tool_calls[]` entry, arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     role: str
     content: str
+    name: str | None = None
+    # An assistant turn that called tools, and a "tool" turn's answer to one of those calls.
+    tool_calls: list[ToolCall] = []
+    tool_call_id: str | None = None
+
+
+class Tool(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A function the model may call; `parameters` is its arguments' JSON schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ResponseFormat(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """OpenAI's response_format: "json_object", or "json_schema" with the schema the output must satisfy."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -22,6 +51,13 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     # logit of every token already generated.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # Choices sampled from one prompt (they share its prefill).
+    n: int = 1
+    # Log probabilities of each sampled token, with this many alternatives (OpenAI's top_logprobs).
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # GBNF the sampler enforces; set by the worker from the job's response_format or tool_choice.
+    grammar: str | None = None
 
 
 class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -43,6 +79,11 @@ class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # The client reads the answer as it is written: once a token went out, a re-run on
     # another worker (after this one died) would show the client a second beginning.
     stream: bool = False
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] = []
+    # "none", "auto", "required", or the name of the one function the model must call.
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
 
     @property
     def job_key(self) -> str:
@@ -58,19 +99,62 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted", kw_only=True):
     prompt_tokens: int
 
 
-class Token(msgspec.Struct, frozen=True, tag="token"):
+class TopLogprob(msgspec.Struct, frozen=True, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """One sampled token: its text, log probability, UTF-8 bytes and the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob] = []
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A piece of a tool call as OpenAI streams it: the first names it (id, name), later ones add arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Token(msgspec.Struct, frozen=True, tag="token", omit_defaults=True):
+    """The next piece of one choice: answer text, reasoning text, tool call pieces, log probabilities."""
+
     text: str
     # 1, 2, ... per job, so a front sees a lost event; 0 where nobody counts (a DAG's stored answer).
     seq: int = 0
+    # The choice (0 .. n-1) this piece belongs to.
+    index: int = 0
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = []
+    logprobs: list[TokenLogprob] = []
+
+
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+
+
+class ChoiceEnd(msgspec.Struct, frozen=True, array_like=True):
+    index: int
+    reason: FinishReason
+    completion_tokens: int
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finish", kw_only=True):
-    reason: Literal["stop", "length", "cancelled"]
+    # Choice 0's reason; completion_tokens counts every choice's tokens.
+    reason: FinishReason
     model: str
     prompt_tokens: int
     completion_tokens: int
     # How many Token events came before this one (their last seq); 0 where nobody counts.
     tokens_sent: int = 0
+    # With n > 1, how each choice ended.
+    choices: list[ChoiceEnd] = []
 
 
 class Failed(msgspec.Struct, frozen=True, tag="error", kw_only=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
@@ -141,44 +140,3 @@ class JobQueue:
             pipe.publish(keys.cancel, request_id.encode())
             removed, *_ = await pipe.execute()
         return bool(removed)
-
-
-async def enqueue_chat(
-    redis: Redis, *, keys: Keys, job: ChatJob, policy: QueuePolicy, now_ms: int, expires_s: float
-) -> int:
-    """Queue one job and wake the model's idle workers; returns the jobs ahead of it."""
-    score = policy.score_ms(priority=job.priority, now_ms=now_ms)
-    job_id = keys.job_id(job.job_key)
-    envelope = serialize_job(CHAT_FUNCTION, (encode_job(job),), {}, None, now_ms, serializer=arq_serialize)
-    script = redis.register_script(_ENQUEUE)
-    ahead = await script(
-        keys=[job_key_prefix + job_id, keys.queue(job.model), keys.wake(job.model), keys.running(job.model)],
-        args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id("")],
-    )
-    if int(ahead) == -2:
-        raise RuntimeError(f"job {job.job_key} is already queued")
-    return max(int(ahead), 0)
-
-
-async def queue_position(redis: Redis, *, keys: Keys, model: str, request_id: str) -> int | None:
-    """Jobs ahead of this one (see _AHEAD); None once it left the queue."""
-    script = redis.register_script(_POSITION)
-    ahead = int(
-        await script(keys=[keys.queue(model), keys.running(model)], args=[keys.job_id(""), keys.job_id(request_id)])
-    )
-    return None if ahead < 0 else ahead
-
-
-async def withdraw(redis: ArqRedis, *, keys: Keys, model: str, request_id: str, marker_ttl_s: int) -> bool:
-    """Cancel a request: drop its job if still queued and tell a worker running it to stop.
-
-    Returns True when the job was still waiting in the queue.
-    """
-    job_id = keys.job_id(request_id)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.queue(model), job_id)
-        pipe.delete(job_key_prefix + job_id)
-        pipe.set(keys.cancelled(request_id), b"1", ex=marker_ttl_s)
-        pipe.publish(keys.cancel, request_id.encode())
-        removed, *_ = await pipe.execute()
-    return bool(removed)

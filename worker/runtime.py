@@ -15,15 +15,18 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.engine import Engine, GroupsHandOns, Outcome, PromptRejected, PromptTooLong
+from worker.constraints import REFUSALS, constrained_params, refusal_event, rendered_tools, with_reasoning
+from worker.engine import Engine, GroupsHandOns, Outcome
 from worker.fleet_protocol import UNLOAD
 from worker.keys import Keys
 from worker.listener import Listener
 from worker.metrics import WorkerMetrics
 from worker.outbox import Delivery, Handoff, Outbox
 from worker.presence import Presence
-from worker.protocol import Accepted, ChatJob, Event, Failed, Finished, Progress, Token, encode_event
+from worker.protocol import Accepted, ChatJob, Event, Failed, Progress, TokenLogprob, encode_event
 from worker.recovery import Reaper, done_ttl_s
+from worker.shaping import Emitted, JobOutput
+from worker.tool_formats import ChatFormat, chat_format_for
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ class _Started:
     """The prompt fits: generation begins."""
 
     prompt_tokens: int
+    # The template left a `<think>` open: the text starts as thinking.
+    in_reasoning: bool
 
 
 @dataclass
@@ -72,6 +77,7 @@ class WorkerRuntime:
         reap_interval_s: float = 1.0,
         stream_interval_s: float = 0.0,
         metrics: WorkerMetrics | None = None,
+        chat_format: ChatFormat | None = None,
     ) -> None:
         self._metrics = metrics
         self._stream_interval_s = stream_interval_s
@@ -89,6 +95,8 @@ class WorkerRuntime:
             self._engines.put_nowait(engine)
         self._all_engines = list(engines)
         self.model_id = engines[0].model_id
+        # How the model writes tool calls and thinks: the registry's, unless the caller knows better.
+        self._chat_format = chat_format or chat_format_for(model_id=self.model_id)
         self.worker_id = worker_id
         self.presence = presence
         self._threads = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
@@ -216,29 +224,32 @@ class WorkerRuntime:
         items: asyncio.Queue[object] = asyncio.Queue()
         started_s = time.monotonic()
         first_token_s: float | None = None
+        chat_format = self._chat_format
+        output = JobOutput(job=job, chat_format=chat_format)
 
-        def emit(text: str) -> None:
-            handoff.put(items, text)
+        def emit(text: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None:
+            # The common case (one choice, no log probabilities) travels as the bare text.
+            handoff.put(items, Emitted(text, index, logprobs) if index or logprobs else text)
 
         def work() -> Outcome | None:
             # One thread hop for the whole job: tokenize, then generate. Everything goes
             # through the one handoff, which keeps the order of this job's items.
             try:
                 try:
-                    prompt = engine.prepare(job.messages, job.params)
-                except (PromptTooLong, PromptRejected) as exc:
-                    handoff.put(items, exc)
+                    params = constrained_params(job, chat_format)
+                    prompt = engine.prepare(job.messages, params, tools=rendered_tools(job))
+                    params = with_reasoning(params, chat_format=chat_format, in_reasoning=prompt.in_reasoning)
+                except REFUSALS as exc:
+                    handoff.put(items, refusal_event(exc))
                     return None
-                handoff.put(items, _Started(len(prompt.tokens)))
-                return engine.generate(prompt, job.params, cancel=cancel, emit=emit)
+                handoff.put(items, _Started(len(prompt.tokens), prompt.in_reasoning))
+                return engine.generate(prompt, params, cancel=cancel, emit=emit)
             finally:
                 handoff.put(items, _DONE)
 
         future = loop.run_in_executor(self._threads, work)
         future.add_done_callback(lambda _: self._engines.put_nowait(engine))
-        collected: list[str] = []
         prompt_tokens = 0
-        seq = 0
         sent_key = self._keys.sent(job.job_key) if job.stream and job.publish_tokens else None
         done = False
         while not done:
@@ -249,30 +260,28 @@ class WorkerRuntime:
             events: list[Event] = []
             for item in batch:
                 if isinstance(item, str):
-                    collected.append(item)
-                    if job.publish_tokens:
-                        # Text that arrived together goes out as one chunk.
-                        if events and isinstance(events[-1], Token):
-                            events[-1] = Token(events[-1].text + item, events[-1].seq)
-                        else:
-                            seq += 1
-                            events.append(Token(item, seq))
+                    output.add_text(events, item)
+                elif isinstance(item, Emitted):
+                    output.add(events, item)
                 elif isinstance(item, _Started):
                     prompt_tokens = item.prompt_tokens
+                    output.start(in_reasoning=item.in_reasoning)
                     events.append(Accepted(model=self.model_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens))
                     if job.step is not None:
                         events.append(Progress(step=job.step, model=self.model_id, state="started"))
-                elif isinstance(item, PromptTooLong | PromptRejected):
-                    code = "context_length_exceeded" if isinstance(item, PromptTooLong) else "invalid_messages"
-                    events.append(Failed(code=code, message=str(item), status=400, param="messages"))
-            if first_token_s is None and collected:
+                elif isinstance(item, Failed):
+                    events.append(item)
+                elif item is _DONE:
+                    # What the output held back (a marker's possible start) goes before the end.
+                    output.finish(events)
+            if first_token_s is None and output.produced:
                 # Once per batch of items, not per token: as close as this loop sees it.
                 first_token_s = time.monotonic()
             failed = next((e for e in events if isinstance(e, Failed)), None)
             if failed is not None:
                 await self._fail(job, failed)
             elif events:
-                first_token = sent_key is not None and seq > 0
+                first_token = sent_key is not None and output.seq > 0
                 await self._publish(job.channel, *events, sent=sent_key if first_token else None)
                 if first_token:
                     sent_key = None
@@ -282,6 +291,10 @@ class WorkerRuntime:
                     await asyncio.sleep(self._stream_interval_s)
         try:
             outcome = await future
+        except REFUSALS as exc:
+            # What the backend found it cannot do only once generating (a grammar llama.cpp refuses).
+            await self._fail(job, refusal_event(exc))
+            return None
         except Exception as exc:
             logger.exception("generation failed for %s", job.request_id)
             await self._fail(job, Failed(code="generation_failed", message=str(exc), status=500))
@@ -296,7 +309,7 @@ class WorkerRuntime:
                 keep=False,
             )
             return None
-        reason = outcome.reason
+        reason = output.reason(0, outcome.reason)
         completion_tokens = outcome.completion_tokens
         if self._metrics is not None:
             self._metrics.job_done(
@@ -307,13 +320,7 @@ class WorkerRuntime:
                 end_s=time.monotonic(),
             )
         if job.publish_tokens:
-            end: Event = Finished(
-                reason=reason,
-                model=self.model_id,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                tokens_sent=seq,
-            )
+            end: Event = output.finished(outcome, model=self.model_id, prompt_tokens=prompt_tokens)
         else:
             end = Progress(
                 step=job.step or "generate",
@@ -325,6 +332,7 @@ class WorkerRuntime:
         # A cancelled job's client is gone: nobody will look for its final event.
         keep = job.publish_tokens and reason != "cancelled"
         await self._publish(job.channel, end, done=self._keys.done(job.request_id) if keep else None)
+        # Orchestration builds on the answer only: no thinking, no tool-call text.
         return StepResult(
-            text="".join(collected), reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            text=output.answer, reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )

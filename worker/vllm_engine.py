@@ -16,6 +16,14 @@ Tokenizer: each chat prompt is rendered and tokenized on the engine's loop threa
 output handler also detokenizes. Hugging Face's fast tokenizers fail when two threads use one
 at once ("Already borrowed"); one thread serializes our jobs' use and vLLM's own.
 
+Request parameters go to vLLM's own: `n` (its choices share the prompt's prefill and stream
+their DELTA pieces by `CompletionOutput.index`), `logprobs=k` (the sampled token's and the k
+likeliest, from the raw model distribution; the entries of a stop string's tokens and of the
+end-of-sequence token are dropped, so the tokens sent concatenate to the text sent), and the
+worker's GBNF grammar as structured output (`StructuredOutputsParams(grammar=...)` since vLLM
+0.11, `GuidedDecodingParams(grammar=...)` before; xgrammar reads GBNF). Tools and tool calls go
+to the chat template as Hugging Face's `tools` variable and `tool_calls` messages.
+
 Settings per model (presets/placement.py: vllm_model, vllm_tokenizer,
 vllm_gpu_memory_utilization) over the INFERENCE_VLLM_* ones, else the registry's .gguf file.
 vLLM loads single-file GGUF only: a split model (``*-00001-of-0000N.gguf``) is refused with
@@ -46,8 +54,19 @@ from typing import Any, TypeVar
 
 from presets.placement import Placement
 from presets.settings import Settings
-from worker.engine import Emit, FinishReason, Outcome, Prompt, PromptRejected, check_fits
-from worker.protocol import Message, SamplingParams
+from worker.chat_prompt import takes_tools, template_chat
+from worker.engine import (
+    ChoiceOutcome,
+    Emit,
+    Outcome,
+    Prompt,
+    PromptRejected,
+    check_fits,
+    outcome_of,
+)
+from worker.protocol import Message, SamplingParams, Tool
+from worker.tool_formats import ChatFormat, chat_format_for
+from worker.vllm_convert import ChoiceStream, PendingLogprobs, structured_output
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +79,8 @@ _CANCEL_POLL_S = 0.05
 # A wedged engine must not hold a cancelled job or the worker's shutdown forever.
 _ABORT_WAIT_S = 5.0
 _CLOSE_WAIT_S = 30.0
+# A reasoning model's template may end the prompt inside its thinking block.
+_OPEN_REASONING = "<think>"
 
 
 class SplitGgufError(ValueError):
@@ -115,6 +136,8 @@ class VllmEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self.model_id = model_id
+        # Read from the registry (and the template) at the first prompt, once the tokenizer is there.
+        self._chat_format: ChatFormat | None = None
         self.context_length: int = options.context_tokens
         if options.model.endswith(".gguf") and options.tokenizer is None:
             logger.warning(
@@ -152,39 +175,46 @@ class VllmEngine:
     def _on_loop(self, work: Coroutine[Any, Any, T], *, timeout_s: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout_s)
 
-    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        tokens = self._on_loop(self._render(chat))
+    def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
+        # A template with no place for tools (Phi-4's) gets them, and earlier calls, as text in the model's format.
+        template = getattr(self._tokenizer, "chat_template", None)
+        if self._chat_format is None:
+            self._chat_format = chat_format_for(model_id=self.model_id, template=template)
+        chat, functions = template_chat(
+            messages,
+            tools=tools,
+            native_tools=not isinstance(template, str) or takes_tools(template),
+            tool_format=self._chat_format.tool_format,
+        )
+        tokens, in_reasoning = self._on_loop(self._render(chat, functions))
         check_fits(prompt_tokens=len(tokens), params=params, context_length=self.context_length)
-        return Prompt(tokens=tokens, stop=[])
+        return Prompt(tokens=tokens, stop=[], in_reasoning=in_reasoning)
 
-    async def _render(self, chat: list[dict[str, str]]) -> list[int]:
+    async def _render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[list[int], bool]:
         from jinja2 import TemplateError
 
+        # The template's own `tools` variable: the model's documented way of being shown its functions.
+        options: dict[str, Any] = {"tools": tools} if tools else {}
         try:
-            return list(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
+            text = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **options)
         except TemplateError as exc:
             raise PromptRejected(exc.message or type(exc).__name__) from None
+        # What apply_chat_template(tokenize=True) does, with the text kept to see how the prompt ends.
+        tokens = list(self._tokenizer.encode(text, add_special_tokens=False))
+        return tokens, text.rstrip().endswith(_OPEN_REASONING)
 
     def generate(self, prompt: Prompt, params: SamplingParams, *, cancel: threading.Event, emit: Emit) -> Outcome:
-        from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
 
         request_id = f"{self.model_id}-{next(self._ids)}"
-        sampling = VllmSamplingParams(
-            max_tokens=params.max_tokens or self.context_length - len(prompt.tokens),
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        sampling = self._sampling(prompt, params)
         outputs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         work = self._stream(TokensPrompt(prompt_token_ids=prompt.tokens), sampling, request_id, outputs)
         stream = asyncio.run_coroutine_threadsafe(work, self._loop)
-        produced = 0
-        reason: FinishReason = "length"
+        choices = [
+            ChoiceStream(PendingLogprobs() if params.logprobs else None, top=params.top_logprobs)
+            for _ in range(max(params.n, 1))
+        ]
         while True:
             try:
                 output = outputs.get(timeout=_CANCEL_POLL_S)
@@ -193,21 +223,47 @@ class VllmEngine:
             if isinstance(output, BaseException):
                 raise output
             if isinstance(output, _End):
-                reason = "cancelled" if output.cancelled else reason
+                if output.cancelled:
+                    for choice in choices:
+                        choice.reason = choice.reason or "cancelled"
                 break
             if output is not None:
-                completion = output.outputs[0]
-                produced += len(completion.token_ids)
-                if completion.text:
-                    emit(completion.text)
-                if completion.finish_reason is not None:
-                    reason = _finish_reason(completion.finish_reason)
+                # With n > 1 vLLM streams each choice's pieces as they come, several in one output at times.
+                for completion in output.outputs:
+                    choices[completion.index].take(completion, index=completion.index, emit=emit)
                 if output.finished:
                     break
             if cancel.is_set():
                 self._abort(request_id, stream)
-                return Outcome(reason="cancelled", completion_tokens=produced)
-        return Outcome(reason=reason, completion_tokens=produced)
+                for choice in choices:
+                    choice.reason = choice.reason or "cancelled"
+                break
+        return outcome_of(
+            [
+                ChoiceOutcome(index=i, reason=choice.reason or "length", completion_tokens=choice.produced)
+                for i, choice in enumerate(choices)
+            ]
+        )
+
+    def _sampling(self, prompt: Prompt, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VllmSamplingParams(
+            n=max(params.n, 1),
+            max_tokens=params.max_tokens or self.context_length - len(prompt.tokens),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            stop=list(params.stop) or None,
+            # vLLM gives each choice i of a seeded request the seed `seed + i`.
+            seed=params.seed,
+            # The sampled token's and this many alternatives', from the raw model distribution.
+            logprobs=params.top_logprobs if params.logprobs else None,
+            output_kind=RequestOutputKind.DELTA,
+            **structured_output(params.grammar),
+        )
 
     async def _stream(self, prompt: Any, sampling: Any, request_id: str, outputs: queue.SimpleQueue[Any]) -> None:
         try:
@@ -254,13 +310,6 @@ class VllmEngine:
         self._thread.join(timeout=_CLOSE_WAIT_S)
         if not self._thread.is_alive():
             self._loop.close()
-
-
-def _finish_reason(vllm_reason: str) -> FinishReason:
-    # vLLM's finish reasons: "stop" (EOS or a stop string), "length", "abort".
-    if vllm_reason == "abort":
-        return "cancelled"
-    return "stop" if vllm_reason == "stop" else "length"
 
 
 async def _cancel_other_tasks() -> None:

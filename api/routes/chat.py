@@ -34,7 +34,7 @@ async def chat_completions(
             # complete ran in a task of its own: name the request on this task's lines too.
             account.bind()
             svc.metrics.finished(account, status=200)
-            return JSONResponse(completion.model_dump(exclude_none=True), headers={"X-Request-Id": completion.id})
+            return JSONResponse(completion.wire(), headers={"X-Request-Id": completion.id})
         submission = await svc.chat.submit(body, accept_wait_s=svc.settings.stream_accept_wait_s, account=account)
     except BaseException as exc:
         svc.metrics.finished(account, status=status_of(exc))
@@ -54,6 +54,8 @@ async def chat_completions(
                 writer,
                 include_usage=body.wants_usage_chunk(),
                 extras=partial(stream_extras, submission),
+                n=body.choice_count(),
+                logprobs=body.wants_logprobs(),
             ):
                 yield chunk
         except ServiceError as exc:

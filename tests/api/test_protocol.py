@@ -33,7 +33,10 @@ from worker.protocol import decode_job, encode_job
 FIELDS = (
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
     "top_p", "stop", "seed", "n", "presence_penalty", "frequency_penalty", "user", "task_type",
-    "orchestration_mode", "priority",
+    "orchestration_mode", "priority", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "metadata", "service_tier", "safety_identifier", "prompt_cache_key",
+    # Refused unless off, and names no request has.
+    "logit_bias", "store", "modalities", "functions", "temprature", "\ud800",
 )  # fmt: skip
 
 # Text as JSON can carry it: any code point, lone surrogates included (from \ud800 escapes).
@@ -48,17 +51,73 @@ json_values = st.recursive(
     max_leaves=20,
 )
 text_parts = st.fixed_dictionaries({"type": st.just("text"), "text": any_text})
+function_names = st.one_of(
+    st.sampled_from(["get_weather", "f", "a-b_1"]), st.from_regex(r"[a-z_]{1,8}", fullmatch=True), any_text
+)
+json_objects = st.dictionaries(any_text, json_values, max_size=4)
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {"id": st.one_of(st.sampled_from(["call_1", "call_2"]), any_text)},
+        optional={
+            "type": st.one_of(st.just("function"), json_values),
+            "function": st.fixed_dictionaries({"name": function_names, "arguments": any_text}),
+        },
+    ),
+    max_size=2,
+)
 messages = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", 3])},
-        optional={"content": st.one_of(any_text, st.lists(text_parts, max_size=3), json_values), "name": any_text},
+        optional={
+            "content": st.one_of(any_text, st.lists(text_parts, max_size=3), json_values),
+            "name": any_text,
+            "tool_calls": st.one_of(tool_calls, json_values),
+            "tool_call_id": st.one_of(st.sampled_from(["call_1", "call_2"]), any_text),
+        },
     ),
     max_size=4,
+)
+tools = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.one_of(st.just("function"), json_values),
+            "function": st.fixed_dictionaries(
+                {"name": function_names},
+                optional={
+                    "description": any_text,
+                    "parameters": st.one_of(json_objects, json_values),
+                    "strict": st.booleans(),
+                },
+            ),
+        }
+    ),
+    max_size=3,
+)
+response_formats = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("json_schema"),
+            "json_schema": st.fixed_dictionaries(
+                {"name": function_names}, optional={"schema": st.one_of(json_objects, json_values), "strict": scalars}
+            ),
+        }
+    ),
+)
+tool_choices = st.one_of(
+    st.sampled_from(["none", "auto", "required", "any"]),
+    st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({"name": function_names})}),
 )
 field_values: dict[str, st.SearchStrategy[Any]] = {
     "model": st.one_of(st.just("smollm2-135m"), any_text),
     "messages": st.one_of(messages, json_values),
     "stop": st.one_of(any_text, st.lists(any_text, max_size=6), json_values),
+    "tools": tools,
+    "response_format": response_formats,
+    "tool_choice": tool_choices,
+    "n": st.integers(0, 5),
+    "top_logprobs": st.integers(-1, 21),
+    "logit_bias": st.one_of(st.just({}), st.dictionaries(any_text, st.integers(-100, 100), max_size=2)),
 }
 requests = st.fixed_dictionaries(
     {},
@@ -81,6 +140,10 @@ def job_of(request: ChatCompletionRequest) -> bytes:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=st.one_of(requests, json_values))
 def test_any_payload_parses_or_is_a_validation_error_with_a_message(payload: Any) -> None:
+    parses_or_is_refused(payload)
+
+
+def parses_or_is_refused(payload: Any) -> None:
     try:
         request = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -98,10 +161,59 @@ def test_any_payload_parses_or_is_a_validation_error_with_a_message(payload: Any
     assert job.params.max_tokens is None or 1 <= job.params.max_tokens <= MAX_COMPLETION_TOKENS
     for message in job.messages:
         message.content.encode("utf-8")
+    assert 1 <= job.params.n <= 4
+    assert 0 <= job.params.top_logprobs <= 20
+    assert job.params.top_logprobs == 0 or job.params.logprobs
+    names = [tool.name for tool in job.tools]
+    assert len(set(names)) == len(names) <= 128
+    assert job.tool_choice in ("none", "auto", "required") or job.tool_choice in names
+    assert names or request.tool_choice is None
+    if request.orchestration_mode not in (None, "single"):
+        assert not job.tools and job.response_format is None and not job.params.logprobs and job.params.n == 1
 
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-INTEGER_FIELDS = ("seed", "max_tokens", "max_completion_tokens", "n", "priority")
+valid_text = st.text(st.characters(codec="utf-8"), max_size=30)
+STRUCTURED = ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs", "n")
+call_ids = st.sampled_from(["call_1", "call_2"])
+tool_conversations = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"role": st.just("user"), "content": valid_text}),
+        st.fixed_dictionaries(
+            {
+                "role": st.just("assistant"),
+                "content": st.one_of(st.none(), valid_text),
+                "tool_calls": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "id": call_ids,
+                            "type": st.just("function"),
+                            "function": st.fixed_dictionaries({"name": function_names, "arguments": valid_text}),
+                        }
+                    ),
+                    max_size=2,
+                ),
+            }
+        ),
+        st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": call_ids, "content": valid_text}),
+    ),
+    min_size=1,
+    max_size=4,
+)
+structured_requests = st.fixed_dictionaries(
+    {},
+    optional={name: field_values.get(name, st.booleans()) for name in STRUCTURED}
+    | {"orchestration_mode": st.sampled_from(["single", "debate"]), "messages": tool_conversations},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=structured_requests)
+def test_structured_arguments_parse_or_are_refused_and_every_accepted_one_encodes(fields: dict[str, Any]) -> None:
+    parses_or_is_refused({**BASE, **fields})
+
+
+INTEGER_FIELDS = ("seed", "max_tokens", "max_completion_tokens", "n", "priority", "top_logprobs")
 
 
 def text_in(field: str, value: str) -> dict[str, Any]:
@@ -131,9 +243,6 @@ def test_a_text_field_refuses_what_utf8_cannot_carry(field: str, value: str) -> 
         assert param.split(".")[-1] == field
         return
     decode_job(job_of(request))
-
-
-valid_text = st.text(st.characters(codec="utf-8"), max_size=30)
 
 
 @settings(max_examples=150, deadline=None)

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from api.service import Queued, StreamEvent
 from api.streaming import ChunkWriter, relay
-from worker.protocol import Finished, Progress, Summary, Token
+from worker.protocol import ChoiceEnd, Finished, Progress, Summary, Token, TokenLogprob, ToolCallDelta, TopLogprob
 
 
 def parse(chunk: bytes) -> dict[str, object] | str:
@@ -70,3 +71,118 @@ async def test_without_include_usage_there_is_no_usage_chunk_nor_usage_field() -
     assert len(chunks) == 4 and chunks[-1] == "[DONE]"
     assert all("usage" not in c for c in chunks[:-1])  # type: ignore[operator]
     assert chunks[2]["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+
+
+async def chunks_of(*items: StreamEvent, n: int = 1, logprobs: bool = False) -> list[Any]:
+    writer = ChunkWriter(request_id="x", created=1, model="m", include_usage=False)
+    stream = events(*items)
+    return [
+        parse(c)
+        async for c in relay(stream, writer, include_usage=False, extras=lambda f: (1, 1, None), n=n, logprobs=logprobs)
+    ]
+
+
+def choice_of(chunk: Any) -> dict[str, Any]:
+    choices = chunk["choices"]
+    assert len(choices) == 1
+    result: dict[str, Any] = choices[0]
+    return result
+
+
+async def test_plain_text_of_choice_zero_takes_the_prebuilt_bytes() -> None:
+    writer = ChunkWriter(request_id="x", created=1, model="m", include_usage=True)
+    stream = events(Token("a", 1), Finished(reason="stop", model="m", prompt_tokens=1, completion_tokens=1))
+    raw = [c async for c in relay(stream, writer, include_usage=True, extras=lambda f: (1, 1, None))]
+    assert raw[1] == writer.content("a")
+    assert parse(writer.piece(Token("a"), logprobs=False)) == parse(writer.content("a"))
+
+
+async def test_reasoning_and_answer_stream_as_their_own_delta_fields() -> None:
+    chunks = await chunks_of(
+        Token("", 1, reasoning="Think"),
+        Token("", 2, reasoning=" more."),
+        Token("Paris", 3),
+        Finished(reason="stop", model="m", prompt_tokens=1, completion_tokens=3),
+    )
+    role, first, second, answer, finish, done = chunks
+    assert choice_of(role)["delta"] == {"role": "assistant", "content": ""}
+    assert [choice_of(c)["delta"] for c in (first, second, answer)] == [
+        {"reasoning_content": "Think"},
+        {"reasoning_content": " more."},
+        {"content": "Paris"},
+    ]
+    assert choice_of(finish) == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert done == "[DONE]"
+
+
+async def test_tool_calls_stream_as_openai_deltas() -> None:
+    chunks = await chunks_of(
+        Token("", 1, tool_calls=[ToolCallDelta(index=0, id="call_a", name="get_weather")]),
+        Token("", 2, tool_calls=[ToolCallDelta(index=0, arguments='{"c":'), ToolCallDelta(index=1, id="c", name="f")]),
+        Token("", 3, tool_calls=[ToolCallDelta(index=0, arguments='"Paris"}')]),
+        Finished(reason="tool_calls", model="m", prompt_tokens=1, completion_tokens=3),
+    )  # fmt: skip
+    deltas = [choice_of(c)["delta"] for c in chunks[1:4]]
+    assert deltas == [
+        {"tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+        ]},
+        {"tool_calls": [
+            {"index": 0, "function": {"arguments": '{"c":'}},
+            {"index": 1, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}},
+        ]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    ]  # fmt: skip
+    assert choice_of(chunks[4])["finish_reason"] == "tool_calls"
+
+
+async def test_logprobs_when_asked_ride_on_each_content_chunk() -> None:
+    entry = TokenLogprob(
+        "Hi", -0.25, [72, 105], [TopLogprob("Hi", -0.25, [72, 105]), TopLogprob("Yo", -2.0, [89, 111])]
+    )
+    chunks = await chunks_of(
+        Token("Hi", 1, logprobs=[entry]),
+        Finished(reason="stop", model="m", prompt_tokens=1, completion_tokens=1),
+        logprobs=True,
+    )
+    role, content, finish, _ = chunks
+    assert choice_of(role)["logprobs"] is None and choice_of(finish)["logprobs"] is None
+    assert choice_of(content) == {
+        "index": 0,
+        "delta": {"content": "Hi"},
+        "logprobs": {"content": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": [
+            {"token": "Hi", "logprob": -0.25, "bytes": [72, 105]},
+            {"token": "Yo", "logprob": -2.0, "bytes": [89, 111]},
+        ]}]},
+        "finish_reason": None,
+    }  # fmt: skip
+
+
+async def test_each_choice_gets_a_role_chunk_before_its_first_piece_and_a_finish_chunk() -> None:
+    chunks = await chunks_of(
+        Token("a", 1, index=0),
+        Token("b", 2, index=1),
+        Token("c", 3, index=0),
+        Finished(
+            reason="stop",
+            model="m",
+            prompt_tokens=1,
+            completion_tokens=3,
+            choices=[ChoiceEnd(0, "stop", 2), ChoiceEnd(1, "length", 1), ChoiceEnd(2, "stop", 0)],
+        ),
+        n=3,
+    )
+    seen = [(choice_of(c)["index"], choice_of(c)["delta"], choice_of(c)["finish_reason"]) for c in chunks[:-1]]
+    assert seen == [
+        (0, {"role": "assistant", "content": ""}, None),
+        (0, {"content": "a"}, None),
+        (1, {"role": "assistant", "content": ""}, None),
+        (1, {"content": "b"}, None),
+        (0, {"content": "c"}, None),
+        # A choice that wrote nothing still starts and ends.
+        (2, {"role": "assistant", "content": ""}, None),
+        (0, {}, "stop"),
+        (1, {}, "length"),
+        (2, {}, "stop"),
+    ]
+    assert chunks[-1] == "[DONE]"

@@ -64,9 +64,7 @@ def leftovers(client: redis.Redis, prefix: str, *, expiring_ok: bool = False) ->
     return found
 
 
-def assert_nothing_left(
-    client: redis.Redis, prefix: str, *, expiring_ok: bool = False, timeout_s: float = 5
-) -> None:
+def assert_nothing_left(client: redis.Redis, prefix: str, *, expiring_ok: bool = False, timeout_s: float = 5) -> None:
     """Waits (briefly: cleanup follows the response) until leftovers() finds nothing."""
     wait_for(
         lambda: not leftovers(client, prefix, expiring_ok=expiring_ok),

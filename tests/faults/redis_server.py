@@ -23,8 +23,19 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         self._folder.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self._folder)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self._folder),
+            ],
             stdout=(self._folder / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
         )

@@ -29,8 +29,18 @@ class HandWorker:
         self.key = f"{prefix}:worker:{SMOL}:hand"
         client.hset(
             self.key,
-            mapping={"model": SMOL, "worker_id": "hand", "state": "ready", "host": "h", "pid": 1,
-                     "backend": "null", "context_length": 2048, "running": 0, "jobs_done": 0, "started_ms": now_ms},
+            mapping={
+                "model": SMOL,
+                "worker_id": "hand",
+                "state": "ready",
+                "host": "h",
+                "pid": 1,
+                "backend": "null",
+                "context_length": 2048,
+                "running": 0,
+                "jobs_done": 0,
+                "started_ms": now_ms,
+            },
         )
         client.zadd(f"{prefix}:workers", {f"{SMOL}/hand": now_ms + 600_000})
 
@@ -141,7 +151,8 @@ def test_the_worker_deadline_is_a_504_or_a_final_error_never_stop(
     last = events[-2]
     assert isinstance(last, dict) and last["error"]["code"] == "timeout", last  # type: ignore[index]
     assert not any(
-        isinstance(e, dict) and any(c.get("finish_reason") for c in e.get("choices", [])) for e in events  # type: ignore[attr-defined]
+        isinstance(e, dict) and any(c.get("finish_reason") for c in e.get("choices", []))
+        for e in events  # type: ignore[attr-defined]
     )
     assert_nothing_left(redis_client, prefix)
 

@@ -75,7 +75,7 @@ def test_models_and_readiness_follow_the_workers(start_worker: StartWorker, star
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"model": ""}, "model"),
-        ({"n": 2}, "n"),
+        ({"n": 5}, "n"),
     ],
 )
 def test_invalid_bodies_are_openai_400s(start_front: StartFront, body: dict[str, object], param: str) -> None:

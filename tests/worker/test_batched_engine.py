@@ -58,7 +58,8 @@ def ask(
 ) -> tuple[str, Outcome]:
     pieces: list[str] = []
 
-    def collect(piece: str) -> None:
+    def collect(piece: str, *, index: int = 0, logprobs: object = ()) -> None:
+        assert index == 0
         pieces.append(piece)
         if emit is not None:
             emit(piece)
@@ -66,6 +67,10 @@ def ask(
     prompt = engine.prepare([Message("user", question)], params)
     outcome = engine.generate(prompt, params, cancel=cancel or threading.Event(), emit=collect)
     return "".join(pieces), outcome
+
+
+def ignore(piece: str, *, index: int = 0, logprobs: object = ()) -> None:
+    pass
 
 
 def ask_together(engine: BatchedLlamaEngine, questions: tuple[str, ...]) -> list[tuple[str, Outcome]]:
@@ -228,9 +233,9 @@ def test_a_shared_beginning_is_read_once(make_engine: MakeEngine) -> None:
     second = engine.prepare([system, Message("user", QUESTIONS[1])], GREEDY)
     shared = common_prefix_length(first.tokens, second.tokens)
     assert shared > 10
-    engine.generate(first, GREEDY, cancel=threading.Event(), emit=lambda _: None)
+    engine.generate(first, GREEDY, cancel=threading.Event(), emit=ignore)
     before = engine.prefilled_tokens
-    engine.generate(second, GREEDY, cancel=threading.Event(), emit=lambda _: None)
+    engine.generate(second, GREEDY, cancel=threading.Event(), emit=ignore)
     assert engine.prefilled_tokens - before == len(second.tokens) - shared
 
 

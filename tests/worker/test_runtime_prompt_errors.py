@@ -14,7 +14,7 @@ from tests.support import TEST_REDIS_URL
 from worker.engine import Emit, Outcome, Prompt, PromptRejected
 from worker.keys import Keys
 from worker.presence import Presence
-from worker.protocol import ChatJob, Failed, Message, SamplingParams, decode_event
+from worker.protocol import ChatJob, Failed, Message, SamplingParams, Tool, decode_event
 from worker.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.redis
@@ -30,7 +30,7 @@ class RefusingEngine:
     def __init__(self) -> None:
         self.generated = 0
 
-    def prepare(self, messages: Sequence[Message], params: SamplingParams) -> Prompt:
+    def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
         roles = [m.role for m in messages]
         if any(a == b for a, b in itertools.pairwise(roles)):
             raise PromptRejected("Conversation roles must alternate user/assistant/user/assistant/...")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import pytest
 from presets.placement import Placement
 from presets.settings import Settings
 from tests.worker import fake_vllm
-from worker.engine import Outcome, PromptTooLong
-from worker.protocol import Message, SamplingParams
+from worker.engine import ChoiceOutcome, Outcome, PromptTooLong
+from worker.protocol import Message, SamplingParams, TokenLogprob, Tool, ToolCall, TopLogprob
 from worker.vllm_engine import SplitGgufError, VllmEngine, VllmOptions, vllm_options
 
 OPTIONS = VllmOptions(model="/models/m.gguf", tokenizer="org/m", context_tokens=256, gpu_memory_utilization=0.45)
@@ -42,11 +43,30 @@ def built(fake_modules: list[fake_vllm.AsyncLLMEngine]) -> Iterator[Built]:
     engine.close()
 
 
-def run(engine: VllmEngine, params: SamplingParams, cancel: threading.Event | None = None) -> tuple[list[str], Outcome]:
-    pieces: list[str] = []
+@dataclass
+class Emitted:
+    """What an engine emitted, by choice."""
+
+    pieces: dict[int, list[str]] = field(default_factory=dict)
+    logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
+
+    def __call__(self, text: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None:
+        self.pieces.setdefault(index, []).append(text)
+        self.logprobs.setdefault(index, []).extend(logprobs)
+
+    def text(self, index: int = 0) -> str:
+        return "".join(self.pieces.get(index, []))
+
+
+def generate(engine: VllmEngine, params: SamplingParams) -> tuple[Emitted, Outcome]:
+    emitted = Emitted()
     prompt = engine.prepare([Message("user", "hi")], params)
-    outcome = engine.generate(prompt, params, cancel=cancel or threading.Event(), emit=pieces.append)
-    return pieces, outcome
+    return emitted, engine.generate(prompt, params, cancel=threading.Event(), emit=emitted)
+
+
+def run(engine: VllmEngine, params: SamplingParams) -> tuple[list[str], Outcome]:
+    emitted, outcome = generate(engine, params)
+    return emitted.pieces.get(0, []), outcome
 
 
 def test_the_engine_gets_the_models_options(built: Built) -> None:
@@ -88,7 +108,7 @@ def test_deltas_are_emitted_and_tokens_counted(built: Built) -> None:
 
 def test_stop_string_ends_with_stop(built: Built) -> None:
     pieces, outcome = run(built.engine, SamplingParams(max_tokens=10, stop=["gamma"]))
-    assert "".join(pieces) == "alpha beta"
+    assert "".join(pieces) == "alpha beta "
     assert outcome.reason == "stop"
 
 
@@ -96,7 +116,7 @@ def test_cancel_aborts_the_request_and_ends_its_stream(built: Built) -> None:
     cancel = threading.Event()
     seen: list[str] = []
 
-    def emit(text: str) -> None:
+    def emit(text: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None:
         seen.append(text)
         cancel.set()
 
@@ -132,7 +152,7 @@ def test_close_ends_a_running_job_shuts_the_engine_down_and_stops_its_thread(bui
     started, closed = threading.Event(), threading.Event()
     outcomes: list[Outcome] = []
 
-    def emit(_: str) -> None:
+    def emit(_: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None:
         # The job holds at its first piece until close() is done, so it cannot finish first.
         started.set()
         closed.wait(timeout=30)
@@ -177,6 +197,113 @@ def test_a_vllm_whose_get_tokenizer_is_a_plain_method_is_served_too(
         engine.close()
 
 
+def test_n_choices_stream_by_index_and_each_ends_on_its_own(built: Built) -> None:
+    emitted, outcome = generate(built.engine, SamplingParams(max_tokens=3, n=2, seed=7))
+    assert built.fake.requests["m-0"].n == 2 and built.fake.requests["m-0"].seed == 7
+    assert emitted.text(0) == "alpha beta gamma"
+    assert emitted.text(1) == " beta gamma delta"
+    assert outcome == Outcome(
+        reason="length",
+        completion_tokens=6,
+        choices=(
+            ChoiceOutcome(index=0, reason="length", completion_tokens=3),
+            ChoiceOutcome(index=1, reason="length", completion_tokens=3),
+        ),
+    )
+
+
+def test_one_choice_reports_no_choices(built: Built) -> None:
+    _, outcome = generate(built.engine, SamplingParams(max_tokens=2))
+    assert outcome.choices == ()
+
+
+def _top(word: str, rank: int) -> TopLogprob:
+    return TopLogprob(word, -rank * math.log(2), list(word.encode()))
+
+
+def test_logprobs_give_the_sampled_token_and_the_likeliest_in_rank_order(built: Built) -> None:
+    emitted, _ = generate(built.engine, SamplingParams(max_tokens=2, n=2, logprobs=True, top_logprobs=2))
+    assert built.fake.requests["m-0"].logprobs == 2
+    first, second = emitted.logprobs[0]
+    assert first == TokenLogprob("alpha", -math.log(2), list(b"alpha"), [_top("alpha", 1), _top(" beta", 2)])
+    assert second.token == " beta" and [t.token for t in second.top] == [" beta", " gamma"]
+    # Choice 1 took the second likeliest word: its own log probability, the same alternatives.
+    other = emitted.logprobs[1][0]
+    assert other == TokenLogprob(" beta", -2 * math.log(2), list(b" beta"), [_top("alpha", 1), _top(" beta", 2)])
+
+
+def test_logprobs_without_alternatives_ask_vllm_for_none(built: Built) -> None:
+    emitted, _ = generate(built.engine, SamplingParams(max_tokens=2, logprobs=True))
+    assert built.fake.requests["m-0"].logprobs == 0
+    assert [(t.token, t.top) for t in emitted.logprobs[0]] == [("alpha", []), (" beta", [])]
+
+
+def test_no_logprobs_asked_none_sent(built: Built) -> None:
+    emitted, _ = generate(built.engine, SamplingParams(max_tokens=2))
+    assert built.fake.requests["m-0"].logprobs is None
+    assert emitted.logprobs[0] == []
+
+
+def test_logprob_tokens_concatenate_to_the_text_without_the_stop_strings_tokens(built: Built) -> None:
+    emitted, outcome = generate(built.engine, SamplingParams(max_tokens=10, n=2, stop=["gamma"], logprobs=True))
+    assert outcome.reason == "stop"
+    for index in (0, 1):
+        tokens = emitted.logprobs[index]
+        assert "".join(t.token for t in tokens) == emitted.text(index) != ""
+        assert all(bytes(t.bytes).decode() == t.token for t in tokens)
+    # The token the stop string begins in keeps its text before it, the next is left out.
+    assert [t.token for t in emitted.logprobs[0]] == ["alpha", " beta", " "]
+    assert [t.token for t in emitted.logprobs[1]] == [" beta", " "]
+
+
+def test_grammar_goes_to_vllm_as_structured_output(built: Built) -> None:
+    run(built.engine, SamplingParams(max_tokens=2, grammar='root ::= "{}"'))
+    structured = built.fake.requests["m-0"].structured_outputs
+    assert isinstance(structured, fake_vllm.StructuredOutputsParams)
+    assert structured.grammar == 'root ::= "{}"'
+    run(built.engine, SamplingParams(max_tokens=2))
+    assert built.fake.requests["m-1"].structured_outputs is None
+
+
+def test_an_older_vllm_takes_the_grammar_as_guided_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    modules, built = fake_vllm.modules(release="0.10")
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    engine = VllmEngine(model_id="older", options=OPTIONS)
+    try:
+        run(engine, SamplingParams(max_tokens=2, grammar='root ::= "{}"'))
+    finally:
+        engine.close()
+    guided = built[-1].requests["older-0"].guided_decoding
+    assert isinstance(guided, fake_vllm.GuidedDecodingParams) and guided.grammar == 'root ::= "{}"'
+
+
+def test_penalties_are_passed_on(built: Built) -> None:
+    run(built.engine, SamplingParams(max_tokens=2, frequency_penalty=0.5, presence_penalty=-0.25))
+    sent = built.fake.requests["m-0"]
+    assert (sent.frequency_penalty, sent.presence_penalty) == (0.5, -0.25)
+
+
+def test_tools_and_tool_calls_reach_the_chat_template(built: Built) -> None:
+    weather = Tool(name="weather", description="Weather in a city", parameters={"type": "object"})
+    messages = [
+        Message("user", "Paris?"),
+        Message("assistant", "", tool_calls=[ToolCall(id="call_1", name="weather", arguments='{"city": "Paris"}')]),
+        Message("tool", "sunny", tool_call_id="call_1"),
+    ]
+    prompt = built.engine.prepare(messages, SamplingParams(max_tokens=4), tools=[weather])
+    assert "".join(map(chr, prompt.tokens)) == (
+        '<tool {"description": "Weather in a city", "name": "weather", "parameters": {"type": "object"}}>'
+        '<user>Paris?<assistant><call call_1 weather {"city": "Paris"}><tool>sunny<for call_1><assistant>'
+    )
+
+
+def test_a_prompt_ending_in_an_open_think_block_starts_as_reasoning(built: Built) -> None:
+    assert not built.engine.prepare([Message("user", "hi")], SamplingParams(max_tokens=4)).in_reasoning
+    built.fake.tokenizer.generation_prompt = "<assistant><think>\n"
+    assert built.engine.prepare([Message("user", "hi")], SamplingParams(max_tokens=4)).in_reasoning
+
+
 def _no_file() -> Path:
     raise AssertionError("the .gguf file is not needed when a model is named")
 
@@ -216,3 +343,23 @@ def test_a_split_gguf_is_refused_with_the_merge_command(placement: Placement, gg
     message = str(caught.value)
     assert "\n" not in message
     assert "llama-gguf-split --merge /m/big/model-Q4_K_M-00001-of-00003.gguf /m/big/model-Q4_K_M.gguf" in message
+
+
+def test_a_template_without_tools_gets_them_and_earlier_calls_as_text(
+    fake_modules: list[fake_vllm.AsyncLLMEngine],
+) -> None:
+    engine = VllmEngine(model_id="m", options=replace(OPTIONS, context_tokens=4096))
+    built = Built(engine, fake_modules[-1])
+    built.fake.tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    weather = Tool(name="weather", description="Weather in a city", parameters={"type": "object"})
+    messages = [
+        Message("user", "Paris?"),
+        Message("assistant", "", tool_calls=[ToolCall(id="call_1", name="weather", arguments='{"city": "Paris"}')]),
+        Message("tool", "sunny", tool_call_id="call_1"),
+    ]
+    text = "".join(map(chr, built.engine.prepare(messages, SamplingParams(max_tokens=4), tools=[weather]).tokens))
+    # The registry's model "m" is unknown: Hermes, the default format, lists the tools in a system turn.
+    assert text.startswith("<system>") and '"name": "weather"' in text and "<tool " not in text
+    assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<tool_call_id" not in text and "<for call_1>" not in text
+    engine.close()
