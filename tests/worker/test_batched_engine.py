@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from presets.embedded import resolve_embedded
+from tests.worker.conftest import MakeEngine
 from worker.batched_engine import BatchedLlamaEngine
 from worker.engine import LlamaEngine, Outcome, PromptTooLong
 from worker.llama_batch import common_prefix_length
@@ -25,27 +26,6 @@ QUESTIONS = (
     "Name three colors.",
 )
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
-MakeEngine = Callable[..., BatchedLlamaEngine]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return resolve_embedded("smollm2-135m", models_dir=tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def make_engine(model_path: Path) -> Iterator[MakeEngine]:
-    built: list[BatchedLlamaEngine] = []
-
-    def make(**options: object) -> BatchedLlamaEngine:
-        settings: dict[str, object] = {"n_ctx": 1024, "slots": 4, "n_threads": 2, "gpu_layers": 0, **options}
-        engine = BatchedLlamaEngine(model_id="smollm2-135m", path=model_path, **settings)  # type: ignore[arg-type]
-        built.append(engine)
-        return engine
-
-    yield make
-    for engine in built:
-        engine.close()
 
 
 def ask(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import llama_cpp
 import pytest
 
 from presets.embedded import resolve_embedded
+from tests.worker.conftest import MakeEngine
 from worker import batched_engine
 from worker.batched_engine import BatchedLlamaEngine
 from worker.engine import ChoiceOutcome, Outcome
@@ -32,27 +32,6 @@ WEATHER_SCHEMA = {
     },
     "required": ["city", "unit", "windy"],
 }
-MakeEngine = Callable[..., BatchedLlamaEngine]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return resolve_embedded("smollm2-135m", models_dir=tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def make_engine(model_path: Path) -> Iterator[MakeEngine]:
-    built: list[BatchedLlamaEngine] = []
-
-    def make(**options: object) -> BatchedLlamaEngine:
-        settings: dict[str, object] = {"n_ctx": 1024, "slots": 4, "n_threads": 2, "gpu_layers": 0, **options}
-        engine = BatchedLlamaEngine(model_id="smollm2-135m", path=model_path, **settings)  # type: ignore[arg-type]
-        built.append(engine)
-        return engine
-
-    yield make
-    for engine in built:
-        engine.close()
 
 
 @dataclass

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import TEST_REDIS_URL
 from worker.engine import Emit, Outcome, Prompt, PromptRejected
 from worker.keys import Keys
 from worker.presence import Presence
@@ -43,13 +42,6 @@ class RefusingEngine:
 
     def close(self) -> None:
         return None
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def test_a_rejected_conversation_is_a_400_naming_the_problem(redis: Redis, prefix: str) -> None:

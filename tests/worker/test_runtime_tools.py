@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import TEST_REDIS_URL
+from tests.worker.events import run_collecting
 from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter
 from worker.keys import Keys
 from worker.presence import Presence
@@ -26,7 +26,6 @@ from worker.protocol import (
     Token,
     Tool,
     ToolCallDelta,
-    decode_event,
 )
 from worker.runtime import StepResult, WorkerRuntime
 from worker.tool_formats import ChatFormat
@@ -77,13 +76,6 @@ class ScriptedEngine:
         return None
 
 
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
-
-
 async def run_job(
     redis: Redis, prefix: str, engine: ScriptedEngine, chat_format: ChatFormat | None = None, **fields: object
 ) -> tuple[StepResult | None, list[Event]]:
@@ -110,19 +102,7 @@ async def run_job(
             **fields,
         }
     )
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(job.channel)
-    await pubsub.get_message(timeout=1.0)
-    events: list[Event] = []
-    try:
-        result = await runtime.run(job)
-        while not events or not isinstance(events[-1], Finished | Failed):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
-            assert message is not None, events
-            events.append(decode_event(message["data"]))
-    finally:
-        await pubsub.aclose()
-        await runtime.stop()
+    result, events = await run_collecting(runtime, redis, job)
     return result, events
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from presets.embedded import resolve_embedded
-from tests.support import TEST_REDIS_URL
+from tests.worker.events import run_collecting
 from worker.batched_engine import BatchedLlamaEngine
 from worker.keys import Keys
 from worker.presence import Presence
-from worker.protocol import ChatJob, Event, Failed, Finished, Message, SamplingParams, Token, Tool, decode_event
+from worker.protocol import ChatJob, Finished, Message, SamplingParams, Token, Tool
 from worker.runtime import WorkerRuntime
 
 pytestmark = [pytest.mark.model, pytest.mark.redis]
@@ -40,13 +39,6 @@ def engine(tmp_path: Path) -> BatchedLlamaEngine:
     return BatchedLlamaEngine(model_id="smollm2-135m", path=path, n_ctx=2048, slots=1, n_threads=2, gpu_layers=0)
 
 
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
-
-
 async def test_required_tool_choice_yields_a_call_whose_arguments_follow_the_schema(
     redis: Redis, prefix: str, engine: BatchedLlamaEngine
 ) -> None:
@@ -65,19 +57,7 @@ async def test_required_tool_choice_yields_a_call_whose_arguments_follow_the_sch
         tool_choice="get_weather",
         parallel_tool_calls=False,
     )
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(job.channel)
-    await pubsub.get_message(timeout=1.0)
-    events: list[Event] = []
-    try:
-        result = await runtime.run(job)
-        while not events or not isinstance(events[-1], Finished | Failed):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
-            assert message is not None, events
-            events.append(decode_event(message["data"]))
-    finally:
-        await pubsub.aclose()
-        await runtime.stop()
+    result, events = await run_collecting(runtime, redis, job)
     end = events[-1]
     assert isinstance(end, Finished), end
     assert end.reason == "tool_calls"
