@@ -94,7 +94,7 @@ def stream(engine: Any, content: str, *, max_tokens: int, system: str | None = N
     record = RequestRecord(sent=time.perf_counter())
     parts: list[str] = []
 
-    def emit(piece: str) -> None:
+    def emit(piece: str, /, *, index: int = 0, logprobs: object = ()) -> None:
         record.chunk_times.append(time.perf_counter())
         parts.append(piece)
 

@@ -64,10 +64,15 @@ def null_engine_direct_ms(*, calls: int, max_tokens: int, content: str) -> list[
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, stop=[], seed=None)
     cancel = threading.Event()
     times: list[float] = []
+    pieces: list[str] = []
+
+    def emit(piece: str, /, *, index: int = 0, logprobs: object = ()) -> None:
+        pieces.append(piece)
+
     for _ in range(calls):
-        pieces: list[str] = []
+        pieces.clear()
         started = time.perf_counter()
         prepared = engine.prepare(messages, params)
-        engine.generate(prepared, params, cancel=cancel, emit=pieces.append)
+        engine.generate(prepared, params, cancel=cancel, emit=emit)
         times.append((time.perf_counter() - started) * 1000)
     return times
