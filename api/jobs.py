@@ -41,7 +41,12 @@ def job_for(
         stream=request.stream,
         response_format=response_format_of(request.response_format),
         tools=[
-            Tool(name=tool.function.name, description=tool.function.description, parameters=tool.function.parameters)
+            Tool(
+                name=tool.function.name,
+                description=tool.function.description,
+                parameters=tool.function.parameters,
+                strict=bool(tool.function.strict),
+            )
             for tool in request.tools or []
         ],
         tool_choice=chosen_tool(request.tool_choice),

@@ -88,16 +88,6 @@ def check_tools(tools: list[ToolIn], choice: ToolChoice | None) -> None:
         raise refused(
             f"tool_choice names the function '{choice.function.name}', which is not in tools.", param="tool_choice"
         )
-    # The arguments are held to the schema where the call itself is forced; a model that may
-    # answer in text instead writes its call as it likes.
-    if choice in (None, "auto"):
-        for index, tool in enumerate(tools):
-            if tool.function.strict:
-                raise refused(
-                    "strict function calling needs tool_choice 'required' or a named function: with 'auto' "
-                    "the arguments are not held to the schema.",
-                    param=f"tools.{index}.function.strict",
-                )
 
 
 def chosen_tool(choice: ToolChoice | None) -> str:

@@ -107,6 +107,17 @@ class GroupsHandOns(Protocol):
     def group_hand_ons(self, scope: Callable[[], AbstractContextManager[None]]) -> None: ...
 
 
+def refuse_lazy_grammar(params: SamplingParams, *, backend: str) -> None:
+    """For a backend without lazy grammars: a strict tool under tool_choice "auto" is a 400 naming tools."""
+    if params.grammar_triggers and params.lazy_grammar_required:
+        raise UnsupportedParameter(
+            f"The {backend} backend cannot hold a call the model starts of its own (tool_choice 'auto') to a strict "
+            "tool's schema: serve the model with llama.cpp batching (INFERENCE_BATCHING=true), use tool_choice "
+            "'required' or a named function, or drop strict.",
+            param="tools",
+        )
+
+
 def check_fits(*, prompt_tokens: int, params: SamplingParams, context_length: int) -> None:
     if prompt_tokens + (params.max_tokens or 1) > context_length:
         raise PromptTooLong(prompt_tokens=prompt_tokens, max_tokens=params.max_tokens, context_length=context_length)
@@ -164,8 +175,9 @@ class LlamaEngine:
         return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
-        if params.grammar is not None:
-            self._check_grammar(params.grammar)
+        refuse_lazy_grammar(params, backend="non-batching llama.cpp")
+        if params.eager_grammar is not None:
+            self._check_grammar(params.eager_grammar)
         rendered = self._prompter.render(messages, tools=tools)
         check_fits(prompt_tokens=len(rendered.tokens), params=params, context_length=self.context_length)
         return Prompt(tokens=rendered.tokens, stop=rendered.stop, in_reasoning=rendered.in_reasoning)
@@ -180,10 +192,12 @@ class LlamaEngine:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         grammar = None
-        if params.grammar is not None:
+        # Llama takes no lazy grammar: a call the model starts of its own (tool_choice auto) is
+        # parsed but not constrained on this backend.
+        if params.eager_grammar is not None:
             # Checked again: the worker may have wrapped the grammar since prepare() (room for reasoning).
-            self._check_grammar(params.grammar)
-            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+            self._check_grammar(params.eager_grammar)
+            grammar = LlamaGrammar.from_string(params.eager_grammar, verbose=False)
         ends: list[ChoiceOutcome] = []
         for index in range(max(params.n, 1)):
             if ends and ends[-1].reason == "cancelled":

@@ -17,7 +17,16 @@ import threading
 import time
 from collections.abc import Sequence
 
-from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter, check_fits, outcome_of
+from worker.engine import (
+    ChoiceOutcome,
+    Emit,
+    Outcome,
+    Prompt,
+    UnsupportedParameter,
+    check_fits,
+    outcome_of,
+    refuse_lazy_grammar,
+)
 from worker.protocol import Message, SamplingParams, TokenLogprob, Tool, TopLogprob
 
 _WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
@@ -32,7 +41,9 @@ class NullEngine:
         self._token_delay_s = token_delay_s
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
-        if params.grammar is not None:
+        refuse_lazy_grammar(params, backend="null")
+        # A lazy grammar (a call the model may start) is otherwise let be: the echo starts none.
+        if params.eager_grammar is not None:
             raise UnsupportedParameter(
                 "The null backend echoes the prompt and cannot follow a response format or a forced tool call; "
                 "serve the model with the llamacpp or vllm backend for them",

@@ -30,6 +30,8 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    # OpenAI's strict: the arguments of every call must follow `parameters`, whatever tool_choice.
+    strict: bool = False
 
 
 class ResponseFormat(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -58,6 +60,17 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     top_logprobs: int = 0
     # GBNF the sampler enforces; set by the worker from the job's response_format or tool_choice.
     grammar: str | None = None
+    # With patterns, the grammar is lazy (llama.cpp's): the text is free until one matches, and
+    # from the match's first group on it must follow the grammar (a tool call the model starts).
+    grammar_triggers: list[str] = []
+    # A strict tool needs even the lazy grammar held: a backend without lazy grammars refuses the
+    # request rather than let a call through unchecked.
+    lazy_grammar_required: bool = False
+
+    @property
+    def eager_grammar(self) -> str | None:
+        """The grammar where it binds from the first token (not a lazy one), for backends without lazy grammars."""
+        return None if self.grammar_triggers else self.grammar
 
 
 class ChatJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

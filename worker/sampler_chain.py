@@ -40,11 +40,20 @@ def build_sampler(params: SamplingParams, *, vocab: Any, n_vocab: int, limit_tok
     chain = _chain(params, n_vocab=n_vocab, limit_tokens=limit_tokens, choice=choice)
     if params.grammar is None:
         return ChainSampler(chain)
-    grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+    grammar = _grammar_sampler(params.grammar, params.grammar_triggers, vocab=vocab)
     if not grammar:
         llama_cpp.llama_sampler_free(chain)
         raise InvalidSchema("llama.cpp cannot parse the grammar made for this request")
     return GrammarSampler(chain=chain, grammar=grammar, n_vocab=n_vocab)
+
+
+def _grammar_sampler(grammar: str, triggers: list[str], *, vocab: Any) -> Any:
+    if not triggers:
+        return llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+    return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        vocab, grammar.encode(), b"root", patterns, len(triggers), None, 0
+    )
 
 
 class ChainSampler:

@@ -9,6 +9,7 @@ calls back out of generated text is worker/tool_calls.py.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,19 @@ def calls_grammar(tool_format: ToolFormat, tools: Sequence[Tool], *, parallel: b
             f" ( {_literal(NEWLINE)} {block} ){{0,{MAX_PARALLEL_CALLS - 1}}}" if parallel else ""
         )
     return "\n".join([root, call, *rules]) + "\n"
+
+
+def call_triggers(tool_format: ToolFormat) -> list[str]:
+    """Where a call begins in free text: the patterns that make calls_grammar bind (a lazy grammar).
+
+    llama.cpp matches a pattern against all the text so far and holds the text to the grammar
+    from the pattern's first group on. Llama 3.2 writes a call as its whole answer, a JSON object
+    (after <|python_tag|> or not); the others open a call with their marker anywhere.
+    """
+    if tool_format == "llama3":
+        return [r"\s*(?:<\|python_tag\|>)?\s*(\{)[\s\S]*"]
+    opening = PHI4_OPEN if tool_format == "phi4" else HERMES_OPEN
+    return [r"[\s\S]*?(" + re.escape(opening) + r")[\s\S]*"]
 
 
 def union_grammar(first: str, second: str) -> str:

@@ -63,6 +63,7 @@ from worker.engine import (
     PromptRejected,
     check_fits,
     outcome_of,
+    refuse_lazy_grammar,
 )
 from worker.protocol import Message, SamplingParams, Tool
 from worker.tool_formats import ChatFormat, chat_format_for
@@ -176,6 +177,7 @@ class VllmEngine:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout_s)
 
     def prepare(self, messages: Sequence[Message], params: SamplingParams, *, tools: Sequence[Tool] = ()) -> Prompt:
+        refuse_lazy_grammar(params, backend="vllm")
         # A template with no place for tools (Phi-4's) gets them, and earlier calls, as text in the model's format.
         template = getattr(self._tokenizer, "chat_template", None)
         if self._chat_format is None:
@@ -262,7 +264,8 @@ class VllmEngine:
             # The sampled token's and this many alternatives', from the raw model distribution.
             logprobs=params.top_logprobs if params.logprobs else None,
             output_kind=RequestOutputKind.DELTA,
-            **structured_output(params.grammar),
+            # vLLM takes no lazy grammar: a call the model starts of its own is parsed, not constrained.
+            **structured_output(params.eager_grammar),
         )
 
     async def _stream(self, prompt: Any, sampling: Any, request_id: str, outputs: queue.SimpleQueue[Any]) -> None:

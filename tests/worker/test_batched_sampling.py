@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
+import msgspec
 import pytest
 
 from presets.embedded import resolve_embedded
@@ -113,6 +114,22 @@ def test_a_grammar_also_holds_while_sampling_at_a_temperature(make_engine: MakeE
     answer = ask(engine, params, "What is the weather in Oslo?")
     for index in range(3):
         assert set(json.loads(answer.text(index))) == {"city", "unit", "windy"}
+
+
+def test_a_lazy_grammar_leaves_the_text_free_until_its_trigger_then_binds(make_engine: MakeEngine) -> None:
+    engine = make_engine(slots=1)
+    greedy = SamplingParams(max_tokens=40, temperature=0.0)
+    free = ask(engine, greedy, "Name three colors.").text()
+    word = next(w for w in ("Red", "red", "Blue", "blue") if w in free)
+    lazy = msgspec.structs.replace(
+        greedy,
+        grammar=f'root ::= "{word}, and nothing else."',
+        grammar_triggers=[r"[\s\S]*?(" + word + r")[\s\S]*"],
+    )
+    bound = ask(engine, lazy, "Name three colors.")
+    # Up to the trigger the model wrote what it writes free; from it on, only what the grammar allows.
+    assert bound.text() == free[: free.index(word)] + f"{word}, and nothing else."
+    assert bound.outcome.reason == "stop"
 
 
 def test_a_grammar_llama_cpp_refuses_is_an_invalid_schema_and_the_engine_goes_on(make_engine: MakeEngine) -> None:

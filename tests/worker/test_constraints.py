@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from presets.registry import ToolFormat
 from worker.constraints import constrained_params, refusal_event, rendered_tools, with_reasoning
 from worker.engine import PromptTooLong, UnsupportedParameter
 from worker.grammar import InvalidSchema, check_grammar
@@ -36,10 +39,39 @@ def grammar_of(chat_job: ChatJob, chat_format: ChatFormat = HERMES) -> str | Non
     return params.grammar
 
 
-def test_plain_jobs_and_auto_tools_leave_the_model_free() -> None:
+def test_plain_jobs_leave_the_model_free() -> None:
     assert grammar_of(job()) is None
-    assert grammar_of(job(tools=[WEATHER])) is None
     assert grammar_of(job(response_format=ResponseFormat(type="text"))) is None
+
+
+@pytest.mark.parametrize(
+    ("tool_format", "text", "start"),
+    [
+        ("hermes", 'Let me look.\n<tool_call>\n{"name"', "<tool_call>"),
+        ("phi4", 'Sure. <|tool_call|>{"name"', "<|tool_call|>"),
+        ("llama3", '<|python_tag|>{"name"', "{"),
+        ("llama3", ' {"name"', "{"),
+    ],
+)
+def test_auto_tools_leave_the_text_free_until_a_call_begins(tool_format: ToolFormat, text: str, start: str) -> None:
+    params = constrained_params(job(tools=[WEATHER]), ChatFormat(tool_format=tool_format))
+    assert params.grammar is not None and params.grammar_triggers and params.eager_grammar is None
+    check_grammar(params.grammar)
+    # llama.cpp matches a trigger against all the text so far and binds from its first group.
+    matches = [re.fullmatch(pattern, text) for pattern in params.grammar_triggers]
+    found = next(m for m in matches if m is not None)
+    assert text[found.start(1) :].startswith(start)
+    assert not any(re.fullmatch(pattern, "The weather is fine.") for pattern in params.grammar_triggers)
+    assert not params.lazy_grammar_required
+
+
+def test_a_strict_tool_under_auto_needs_the_lazy_grammar_held() -> None:
+    strict = Tool(name="get_weather", parameters=WEATHER.parameters, strict=True)
+    params = constrained_params(job(tools=[strict]), HERMES)
+    assert params.grammar_triggers and params.lazy_grammar_required
+    # A forced call needs no trigger: its grammar binds from the first token.
+    forced = constrained_params(job(tools=[strict], tool_choice="required"), HERMES)
+    assert forced.grammar_triggers == [] and forced.eager_grammar == forced.grammar is not None
 
 
 def test_auto_tools_beside_a_response_format_allow_either() -> None:

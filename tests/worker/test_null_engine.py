@@ -77,3 +77,18 @@ def test_cancel_ends_every_choice() -> None:
     emitted, outcome = generate(SamplingParams(max_tokens=4, n=2), cancel=cancel)
     assert emitted.calls == []
     assert outcome.reason == "cancelled" and [c.reason for c in outcome.choices] == ["cancelled", "cancelled"]
+
+
+def test_a_lazy_grammar_passes_unless_a_strict_tool_needs_it_held() -> None:
+    engine = NullEngine(model_id="null")
+    lazy = SamplingParams(max_tokens=2, grammar='root ::= "x"', grammar_triggers=[r"[\s\S]*?(<tool_call>)[\s\S]*"])
+    assert engine.prepare([Message("user", "hi there")], lazy).tokens
+    strict = SamplingParams(
+        max_tokens=2,
+        grammar='root ::= "x"',
+        grammar_triggers=[r"[\s\S]*?(<tool_call>)[\s\S]*"],
+        lazy_grammar_required=True,
+    )
+    with pytest.raises(UnsupportedParameter) as caught:
+        engine.prepare([Message("user", "hi there")], strict)
+    assert caught.value.param == "tools" and "strict" in str(caught.value)

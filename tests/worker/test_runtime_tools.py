@@ -129,8 +129,9 @@ async def test_a_call_in_the_text_goes_out_as_tool_call_deltas_and_ends_for_tool
     assert isinstance(end, Finished)
     assert (end.reason, end.tokens_sent, end.choices) == ("tool_calls", len(tokens), [])
     assert result is not None and (result.text, result.reason) == ("Checking. ", "tool_calls")
-    # "auto" without a response_format leaves the model free: no grammar.
-    assert engine.params[0].grammar is None and engine.tools[0] == [WEATHER]
+    # "auto" without a response_format leaves the text free: the calls' grammar binds only from a call's marker.
+    assert engine.params[0].eager_grammar is None and engine.params[0].grammar_triggers
+    assert engine.tools[0] == [WEATHER]
 
 
 async def test_thinking_streams_as_reasoning_and_the_step_result_keeps_only_the_answer(
