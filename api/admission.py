@@ -2,34 +2,32 @@
 
 The count lives in Redis as a sorted set of request ids scored by each request's
 deadline, so fronts share one limit, and a slot whose front crashed is reclaimed once
-its deadline passes instead of leaking.
+its deadline passes instead of leaking. A single model's request takes its slot in the
+same script that queues its job (worker.queue.ADMIT is the one definition of both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from api.errors import Overloaded, RequestTimeout
 from worker.keys import Keys
+from worker.queue import ADMIT, Ticket
 
 _WAIT_POLL_S = 0.02
 # A slot outlives its deadline by this much, so a request finishing right at its
 # deadline releases its slot itself rather than having it reclaimed under it.
 _GRACE_MS = 5_000
 
+_ACQUIRE = ADMIT + "return admit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) and 1 or 0\n"
 
-# Purge reclaimed slots, then admit if there is room: one atomic round trip.
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-return 1
-"""
+# Takes the slot (and does whatever comes with it); False when every slot is taken.
+Attempt = Callable[[Ticket], Awaitable[bool]]
 
 
 class Admission:
@@ -40,16 +38,29 @@ class Admission:
         self._reject_when_full = reject_when_full
         self._acquire = redis.register_script(_ACQUIRE)
 
-    async def _try_acquire(self, request_id: str, *, deadline_ms: int) -> bool:
-        now_ms = int(time.time() * 1000)
-        admitted = await self._acquire(
-            keys=[self._key], args=[now_ms, self._limit, deadline_ms + _GRACE_MS, request_id]
+    def ticket(self, request_id: str, *, deadline_ms: int) -> Ticket:
+        return Ticket(
+            key=self._key,
+            limit=self._limit,
+            request_id=request_id,
+            now_ms=int(time.time() * 1000),
+            expires_ms=deadline_ms + _GRACE_MS,
         )
-        return bool(admitted)
 
-    async def acquire(self, request_id: str, *, deadline: float, deadline_ms: int) -> None:
-        """Take a slot, or raise: 429 when full and rejecting, 504 when waiting ran out."""
-        while not await self._try_acquire(request_id, deadline_ms=deadline_ms):
+    async def _take(self, ticket: Ticket) -> bool:
+        args: list[int | str] = [ticket.now_ms, ticket.limit, ticket.expires_ms, ticket.request_id]
+        return bool(await self._acquire(keys=[ticket.key], args=args))
+
+    async def acquire(
+        self, request_id: str, *, deadline: float, deadline_ms: int, attempt: Attempt | None = None
+    ) -> None:
+        """Take a slot, or raise: 429 when full and rejecting, 504 when waiting ran out.
+
+        `attempt` takes the slot together with other work (queueing the request's job);
+        by default only the slot is taken.
+        """
+        attempt = attempt or self._take
+        while not await attempt(self.ticket(request_id, deadline_ms=deadline_ms)):
             if self._reject_when_full:
                 raise Overloaded(
                     f"The service is at its limit of {self._limit} concurrent requests; retry shortly.",
@@ -58,6 +69,10 @@ class Admission:
             if time.monotonic() >= deadline:
                 raise RequestTimeout("The request waited for a free slot until its timeout.")
             await asyncio.sleep(_WAIT_POLL_S)
+
+    def release_in(self, pipe: Pipeline, request_id: str) -> None:
+        """Free the slot as part of a pipeline the caller sends."""
+        pipe.zrem(self._key, request_id)
 
     async def release(self, request_id: str) -> None:
         await self._redis.zrem(self._key, request_id)

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job_serializer=arq_serialize,
             job_deserializer=arq_deserialize,
         )
-        hub = EventHub(redis)
+        hub = EventHub(redis, keys=Keys(prefix=settings.key_prefix))
         await hub.start()
         catalog = Catalog(settings=settings, redis=redis, registry=registry, active=active)
         admission = Admission(

@@ -26,6 +26,6 @@ class Services:
     metrics: FrontMetrics
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     found: Services = request.app.state.services
     return found

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,7 +35,7 @@ from worker.protocol import (
     Summary,
     Token,
 )
-from worker.queue import JobQueue, QueuePolicy
+from worker.queue import JobQueue, QueuePolicy, Ticket
 from worker.recovery import Reaper
 
 T = TypeVar("T")
@@ -75,6 +74,9 @@ class Submission:
     inbox: asyncio.Queue[Event]
     queue_position: int = 0
     dag: bool = False
+    # May hold an admission slot and have work queued: set before the attempt, since a reply
+    # lost to an outage leaves it unknown; cleared when the attempt found no free slot.
+    admitted: bool = False
     accepted: Accepted | None = None
     finished: bool = False
     summary: Summary | None = None
@@ -90,13 +92,21 @@ class Submission:
     starts: set[str] = field(default_factory=set)
     resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
+    def has_ready(self) -> bool:
+        """Whether an event can be handed out without waiting."""
+        return bool(self.pending or self.recovered or not self.inbox.empty())
+
     async def next_event(self, *, wait_s: float | None = None) -> Event | None:
         """The next event; None when `wait_s` passed first; TimeoutError at the deadline."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
+        if not self.inbox.empty():
+            # The common case while tokens stream: no timer to arm.
+            return self.inbox.get_nowait()
         try:
-            return await asyncio.wait_for(self.inbox.get(), min(remaining, wait_s or remaining))
+            async with asyncio.timeout(min(remaining, wait_s or remaining)):
+                return await self.inbox.get()
         except TimeoutError:
             if wait_s is not None and time.monotonic() < self.deadline:
                 return None
@@ -179,14 +189,12 @@ class ChatService:
                 deadline=started + timeout_s,
                 max_tokens=request.completion_limit(),
             )
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        request_id = self._hub.new_request_id()
         if account is not None:
             account.routed(request_id=request_id, model=model)
         job = self._job_for(request, request_id=request_id, model=model, deadline_ms=deadline_ms)
         resources = contextlib.AsyncExitStack()
         try:
-            await self._admission.acquire(request_id, deadline=started + timeout_s, deadline_ms=deadline_ms)
-            resources.push_async_callback(self._admission.release, request_id)
             inbox = await resources.enter_async_context(self._hub.subscription(job.channel))
         except BaseException:
             await resources.aclose()
@@ -201,15 +209,28 @@ class ChatService:
             resources=resources,
             followed=Followed(request_id=request_id, model=model, dag=orchestrated),
         )
+
+        async def queue_admitted(ticket: Ticket) -> bool:
+            # The slot and the job in one round trip: nothing is queued without a slot.
+            submission.admitted = True
+            position = await self._queue.enqueue(
+                job, policy=self._policy, now_ms=int(now * 1000), expires_s=timeout_s, ticket=ticket
+            )
+            if position is None:
+                submission.admitted = False
+                return False
+            submission.queue_position = position
+            return True
+
         try:
+            slot_deadline = started + timeout_s
             if orchestrated:
+                submission.admitted = True
+                await self._admission.acquire(request_id, deadline=slot_deadline, deadline_ms=deadline_ms)
                 await self._start_dag(job, mode=mode)
             else:
-                submission.queue_position = await self._queue.enqueue(
-                    job,
-                    policy=self._policy,
-                    now_ms=int(now * 1000),
-                    expires_s=timeout_s,
+                await self._admission.acquire(
+                    request_id, deadline=slot_deadline, deadline_ms=deadline_ms, attempt=queue_admitted
                 )
             await self._await_acceptance(submission, wait_s=accept_wait_s)
         except BaseException:
@@ -296,10 +317,7 @@ class ChatService:
         await asyncio.wait({task}, timeout=_CLOSE_WAIT_S)
 
     async def _close(self, submission: Submission) -> None:
-        # The final event is kept for a front that missed it; this one is past needing it.
-        with contextlib.suppress(Exception):
-            await self._redis.delete(self._keys.done(submission.request_id))
-        if not submission.finished:
+        if not submission.finished and submission.admitted:
             ttl_s = int(self._settings.request_timeout_s) + 60
             cancel = (
                 withdraw_dag(self._redis, keys=self._keys, request_id=submission.request_id, marker_ttl_s=ttl_s)
@@ -308,6 +326,14 @@ class ChatService:
             )
             with contextlib.suppress(Exception):
                 await cancel
+        # One round trip: the final event, kept for a front that missed it, is past needing
+        # it, and the slot is free.
+        with contextlib.suppress(Exception):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._keys.done(submission.request_id))
+                if submission.admitted:
+                    self._admission.release_in(pipe, submission.request_id)
+                await pipe.execute()
         await submission.resources.aclose()
 
     async def events(self, submission: Submission) -> AsyncIterator[StreamEvent]:

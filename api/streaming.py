@@ -124,6 +124,62 @@ def logprob_entry(entry: TokenLogprob) -> dict[str, Any]:
     }
 
 
+class _Relay:
+    """The chunks of each event of one answer, in order (see relay)."""
+
+    def __init__(
+        self,
+        writer: ChunkWriter,
+        *,
+        include_usage: bool,
+        extras: Callable[[Finished], tuple[int, int, dict[str, Any] | None]],
+        n: int,
+        logprobs: bool,
+    ) -> None:
+        self._writer = writer
+        self._include_usage = include_usage
+        self._extras = extras
+        self._n = n
+        self._logprobs = logprobs
+        # Choices whose role chunk went out; each gets one before its first piece.
+        self.started: set[int] = set()
+
+    def chunks(self, event: StreamEvent) -> list[bytes]:
+        writer = self._writer
+        out: list[bytes] = []
+        if isinstance(event, Token):
+            index = event.index
+            if index not in self.started:
+                # It waits for the answer, so that it names the model that writes it.
+                self.started.add(index)
+                out.append(writer.role(index))
+            if index == 0 and not (self._logprobs or event.reasoning or event.tool_calls):
+                out.append(writer.content(event.text))
+            else:
+                out.append(writer.piece(event, logprobs=self._logprobs))
+        elif isinstance(event, Finished):
+            ends = finish_reasons(event, n=self._n)
+            for index, _ in ends:
+                if index not in self.started:
+                    self.started.add(index)
+                    out.append(writer.role(index))
+            prompt_tokens, completion_tokens, fields = self._extras(event)
+            for position, (index, reason) in enumerate(ends):
+                out.append(writer.finish(reason, index=index, extra=fields if position == len(ends) - 1 else None))
+            if self._include_usage:
+                out.append(writer.usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        elif isinstance(event, Progress):
+            out.append(comment(f"step {event.step} {event.state} on {event.model}"))
+        elif isinstance(event, Queued):
+            out.append(comment(f"queue position {event.position}"))
+        elif isinstance(event, Restarted):
+            # Nothing of the first run reached this client (else it would have failed).
+            out.append(comment("the job runs again on another worker"))
+        elif isinstance(event, Summary) and event.answer_model:
+            writer.set_model(event.answer_model)
+        return out
+
+
 async def relay(
     events: AsyncIterator[StreamEvent],
     writer: ChunkWriter,
@@ -132,45 +188,33 @@ async def relay(
     extras: Callable[[Finished], tuple[int, int, dict[str, Any] | None]],
     n: int = 1,
     logprobs: bool = False,
+    ready: Callable[[], bool] | None = None,
 ) -> AsyncIterator[bytes]:
     """Chunks for one answer's events, ending with each choice's finish_reason, usage and [DONE].
 
     `extras` gives, once the answer finished, the total token counts over every step and
-    the fields (the orchestration summary) that go on the final chunk.
+    the fields (the orchestration summary) that go on the final chunk. Without `ready` each
+    chunk is yielded on its own; with it, chunks are joined until no further event is ready
+    (`ready()` is False), so events that arrived together leave in one write to the socket.
     """
-    # Choices whose role chunk went out; each gets one before its first piece.
-    started: set[int] = set()
+    state = _Relay(writer, include_usage=include_usage, extras=extras, n=n, logprobs=logprobs)
+    held: list[bytes] = []
     async for event in events:
-        if isinstance(event, Token):
-            index = event.index
-            if index not in started:
-                # It waits for the answer, so that it names the model that writes it.
-                started.add(index)
-                yield writer.role(index)
-            if index == 0 and not (logprobs or event.reasoning or event.tool_calls):
-                yield writer.content(event.text)
-            else:
-                yield writer.piece(event, logprobs=logprobs)
-        elif isinstance(event, Finished):
-            ends = finish_reasons(event, n=n)
-            for index, _ in ends:
-                if index not in started:
-                    started.add(index)
-                    yield writer.role(index)
-            prompt_tokens, completion_tokens, fields = extras(event)
-            for position, (index, reason) in enumerate(ends):
-                yield writer.finish(reason, index=index, extra=fields if position == len(ends) - 1 else None)
-            if include_usage:
-                yield writer.usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        elif isinstance(event, Progress):
-            yield comment(f"step {event.step} {event.state} on {event.model}")
-        elif isinstance(event, Queued):
-            yield comment(f"queue position {event.position}")
-        elif isinstance(event, Restarted):
-            # Nothing of the first run reached this client (else it would have failed).
-            yield comment("the job runs again on another worker")
-        elif isinstance(event, Summary) and event.answer_model:
-            writer.set_model(event.answer_model)
-    if not started:
-        yield writer.role()
-    yield DONE
+        chunks = state.chunks(event)
+        if ready is None:
+            for chunk in chunks:
+                yield chunk
+            continue
+        held.extend(chunks)
+        # After the end only [DONE] follows: it goes in the same write.
+        if held and not isinstance(event, Finished) and not ready():
+            yield b"".join(held)
+            held.clear()
+    if not state.started:
+        held.append(writer.role())
+    held.append(DONE)
+    if ready is None:
+        for chunk in held:
+            yield chunk
+    else:
+        yield b"".join(held)

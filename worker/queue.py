@@ -63,20 +63,52 @@ local function ahead_of(queue, running_hash, job_prefix, job_id)
 end
 """
 
+# Admission control shared by every front (api/admission.py): purge slots past their deadline,
+# then take one if fewer than `limit` are held. The one definition, used on its own and inside
+# the enqueue script, so admitting and queueing a request is one round trip.
+ADMIT = """
+local function admit(admitted, now_ms, limit, expires_ms, request_id)
+  redis.call('ZREMRANGEBYSCORE', admitted, '-inf', now_ms)
+  if redis.call('ZCARD', admitted) >= tonumber(limit) then
+    return false
+  end
+  redis.call('ZADD', admitted, expires_ms, request_id)
+  return true
+end
+"""
+
 # Queue a job the way arq's enqueue_job stores it (job key with an expiry, queue entry),
 # wake the model's idle workers, and count the jobs ahead of it: one round trip instead
-# of arq's four plus two. NX keeps arq's rule that a job id is queued at most once.
+# of arq's four plus two. Refusing a job id already queued keeps arq's rule that a job id is
+# queued at most once. With a ticket (ARGV[6..]) the request is admitted first, or not queued.
 _ENQUEUE = (
     _AHEAD
+    + ADMIT
     + """
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') == false then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return -2
 end
+if ARGV[6] ~= '' and not admit(KEYS[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]) then
+  return -3
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PUBLISH', KEYS[3], '1')
 return ahead_of(KEYS[2], KEYS[4], ARGV[5], ARGV[4])
 """
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ticket:
+    """A request's claim on an admission slot: the sorted set, its limit, and the slot's expiry."""
+
+    key: str
+    limit: int
+    request_id: str
+    now_ms: int
+    expires_ms: int
+
 
 _POSITION = (
     _AHEAD
@@ -95,19 +127,38 @@ class JobQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._position = redis.register_script(_POSITION)
 
-    async def enqueue(self, job: ChatJob, *, policy: QueuePolicy, now_ms: int, expires_s: float) -> int:
-        """Queue one job and wake the model's idle workers; returns the jobs ahead of it."""
+    async def enqueue(
+        self, job: ChatJob, *, policy: QueuePolicy, now_ms: int, expires_s: float, ticket: Ticket | None = None
+    ) -> int | None:
+        """Queue one job and wake the model's idle workers; returns the jobs ahead of it.
+
+        With a ticket the request takes its admission slot in the same step: None (and nothing
+        queued) when every slot is taken.
+        """
         keys = self.keys
         score = policy.score_ms(priority=job.priority, now_ms=now_ms)
         job_id = keys.job_id(job.job_key)
         envelope = serialize_job(CHAT_FUNCTION, (encode_job(job),), {}, None, now_ms, serializer=arq_serialize)
-        ahead = await self._enqueue(
-            keys=[job_key_prefix + job_id, keys.queue(job.model), keys.wake(job.model), keys.running(job.model)],
-            args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id("")],
+        admit: list[str | int] = (
+            ["", 0, 0, ""] if ticket is None else [ticket.now_ms, ticket.limit, ticket.expires_ms, ticket.request_id]
         )
-        if int(ahead) == -2:
+        ahead = int(
+            await self._enqueue(
+                keys=[
+                    job_key_prefix + job_id,
+                    keys.queue(job.model),
+                    keys.wake(job.model),
+                    keys.running(job.model),
+                    ticket.key if ticket is not None else keys.admitted,
+                ],
+                args=[envelope, int(max(expires_s, 1.0) * 1000), score, job_id, keys.job_id(""), *admit],
+            )
+        )
+        if ahead == -2:
             raise RuntimeError(f"job {job.job_key} is already queued")
-        return max(int(ahead), 0)
+        if ahead == -3:
+            return None
+        return max(ahead, 0)
 
     async def position(self, *, model: str, request_id: str) -> int | None:
         """Jobs ahead of this one (see _AHEAD); None once it left the queue."""

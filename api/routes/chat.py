@@ -56,6 +56,7 @@ async def chat_completions(
                 extras=partial(stream_extras, submission),
                 n=body.choice_count(),
                 logprobs=body.wants_logprobs(),
+                ready=submission.has_ready,
             ):
                 yield chunk
         except ServiceError as exc:

@@ -186,3 +186,26 @@ async def test_each_choice_gets_a_role_chunk_before_its_first_piece_and_a_finish
         (2, {}, "stop"),
     ]
     assert chunks[-1] == "[DONE]"
+
+
+async def test_events_that_arrived_together_leave_in_one_write() -> None:
+    writer = ChunkWriter(request_id="x", created=1, model="m", include_usage=True)
+    items: list[StreamEvent] = [
+        Token("a"),
+        Token("b"),
+        Token("c"),
+        Finished(reason="stop", model="m", prompt_tokens=1, completion_tokens=3),
+    ]
+    # Tokens a and b were in the inbox together; c came on its own, then the end.
+    ready_after = iter([True, False, False])
+    grouped = [
+        c
+        async for c in relay(
+            events(*items), writer, include_usage=True, extras=lambda f: (1, 3, None), ready=lambda: next(ready_after)
+        )
+    ]
+    alone = [c async for c in relay(events(*items), writer, include_usage=True, extras=lambda f: (1, 3, None))]
+    assert b"".join(grouped) == b"".join(alone)
+    # role + a + b, then c, then the finish, usage and [DONE] together.
+    assert [g.count(b"\n\n") for g in grouped] == [3, 1, 3]
+    assert len(alone) == 7

@@ -5,10 +5,11 @@ import time
 import fakeredis
 import pytest
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from worker.keys import Keys
 from worker.protocol import ChatJob, Message, SamplingParams, arq_deserialize, arq_serialize
-from worker.queue import JobQueue, QueuePolicy
+from worker.queue import JobQueue, QueuePolicy, Ticket
 
 
 def job(request_id: str, priority: int) -> ChatJob:
@@ -70,3 +71,33 @@ async def test_enqueue_orders_queue_and_withdraw_removes(fake_pool: ArqRedis) ->
     assert await queue.is_cancelled("r1")
     assert not await queue.has_job("r1")
     assert await queue.withdraw(model="m", request_id="r1", marker_ttl_s=5) is False
+
+
+async def admit_and_queue_twice(client: Redis, keys: Keys) -> None:
+    """With one slot: the first request is admitted and queued, the second neither."""
+    pool = ArqRedis(client.connection_pool, job_serializer=arq_serialize, job_deserializer=arq_deserialize)
+    queue = JobQueue(pool, keys=keys)
+    now = int(time.time() * 1000)
+
+    def ticket(request_id: str) -> Ticket:
+        return Ticket(key=keys.admitted, limit=1, request_id=request_id, now_ms=now, expires_ms=now + 60_000)
+
+    first = await queue.enqueue(job("a", 2), policy=QueuePolicy(), now_ms=now, expires_s=60, ticket=ticket("a"))
+    second = await queue.enqueue(job("b", 2), policy=QueuePolicy(), now_ms=now, expires_s=60, ticket=ticket("b"))
+    assert first == 0 and second is None
+    assert [m.decode() for m in await pool.zrange(keys.admitted, 0, -1)] == ["a"]
+    assert await queue.has_job("a") and not await queue.has_job("b")
+    assert [m.decode() for m in await pool.zrange(keys.queue("m"), 0, -1)] == [keys.job_id("a")]
+    # A slot past its expiry is taken back by the next ticket.
+    late = Ticket(key=keys.admitted, limit=1, request_id="c", now_ms=now + 61_000, expires_ms=now + 120_000)
+    assert await queue.enqueue(job("c", 2), policy=QueuePolicy(), now_ms=now, expires_s=60, ticket=late) == 1
+    assert [m.decode() for m in await pool.zrange(keys.admitted, 0, -1)] == ["c"]
+
+
+async def test_a_ticket_admits_and_queues_in_one_step_or_does_neither() -> None:
+    await admit_and_queue_twice(fakeredis.FakeAsyncRedis(), Keys(prefix="x"))
+
+
+@pytest.mark.redis
+async def test_a_ticket_admits_and_queues_on_the_real_redis(redis: Redis, prefix: str) -> None:
+    await admit_and_queue_twice(redis, Keys(prefix=prefix))
