@@ -25,7 +25,7 @@ from worker.engine import Engine, LlamaEngine
 from worker.keys import Keys
 from worker.metrics import WorkerMetrics
 from worker.null_engine import NullEngine
-from worker.pool import WakeablePool
+from worker.pool import ARQ_HEADROOM, WakeablePool
 from worker.presence import Presence, new_worker_id
 from worker.protocol import ChatJob, arq_deserialize, arq_serialize, decode_job
 from worker.queue import CHAT_FUNCTION
@@ -191,6 +191,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         metrics=metrics,
     )
     await runtime.start()
+    pool.stopping = lambda: presence.state == "stopping"
     await pool.start_wake_listener()
     ctx["runtime"] = runtime
     make_steps: MakeStepHooks | None = ctx.get("make_steps")
@@ -255,6 +256,7 @@ def create_worker_settings(settings: Settings, *, make_steps: MakeStepHooks | No
         queue_name=keys.queue(model_id),
         wake_channel=keys.wake(model_id),
         idle_wait_s=settings.idle_poll_s,
+        capacity=max(settings.max_concurrent_per_model, 1),
         job_serializer=arq_serialize,
         job_deserializer=arq_deserialize,
     )
@@ -265,8 +267,10 @@ def create_worker_settings(settings: Settings, *, make_steps: MakeStepHooks | No
         "redis_pool": pool,
         "on_startup": _startup,
         "on_shutdown": _shutdown,
-        "max_jobs": max(settings.max_concurrent_per_model, 1),
-        # Only a busy worker polls: an idle one waits on the wake channel (see worker.pool).
+        # The pool's queue read holds the worker to its capacity; arq's limit is one above, so
+        # that a full worker waits in that read for a slot instead of polling (see worker.pool).
+        "max_jobs": max(settings.max_concurrent_per_model, 1) + ARQ_HEADROOM,
+        # An idle worker waits on the wake channel, a full one for a slot: this poll is rare.
         "poll_delay": 0.005,
         "keep_result": 0,
         # On SIGTERM (and on an unload command) running jobs finish before the worker exits.

@@ -21,8 +21,18 @@ class Listener:
     redis-py resubscribes on reconnect, so after an error the loop only waits `retry_s`.
     """
 
-    def __init__(self, pubsub: PubSub, handle: Handler, *, name: str, retry_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        pubsub: PubSub,
+        handle: Handler,
+        *,
+        name: str,
+        retry_s: float = 0.5,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.pubsub = pubsub
+        # Told when the connection is lost: what it subscribed is not heard until it is back.
+        self._on_lost = on_lost
         self._handle = handle
         self._name = name
         self._retry_s = retry_s
@@ -39,6 +49,8 @@ class Listener:
                 raise
             except Exception:
                 logger.warning("%s lost its connection; retrying in %.1fs", self._name, self._retry_s, exc_info=True)
+                if self._on_lost is not None:
+                    self._on_lost()
                 await asyncio.sleep(self._retry_s)
                 continue
             if message is None:

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
-    """Messages for one channel, then keys to set (each with the outbox's expiry), in that order."""
+    """Messages for one channel, then keys to set (each with the outbox's expiry), in that order.
+
+    `then` adds the writer's own commands after those, in the same round trip.
+    """
 
     channel: str
     messages: Sequence[bytes]
     keep: Sequence[tuple[str, bytes]] = ()
+    then: Callable[[Pipeline], None] | None = None
 
 
 class Outbox:
@@ -78,9 +83,10 @@ class Outbox:
                 done.set_result(None)
 
     async def _execute(self, deliveries: list[Delivery]) -> None:
-        if len(deliveries) == 1 and len(deliveries[0].messages) == 1 and not deliveries[0].keep:
+        lone = deliveries[0]
+        if len(deliveries) == 1 and len(lone.messages) == 1 and not lone.keep and lone.then is None:
             # The common case of one stream: a plain PUBLISH costs less client CPU than a pipeline.
-            await self._redis.publish(deliveries[0].channel, deliveries[0].messages[0])
+            await self._redis.publish(lone.channel, lone.messages[0])
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery in deliveries:
@@ -88,6 +94,8 @@ class Outbox:
                     pipe.publish(delivery.channel, message)
                 for key, value in delivery.keep:
                     pipe.set(key, value, ex=self._keep_ttl_s)
+                if delivery.then is not None:
+                    delivery.then(pipe)
             await pipe.execute()
 
 

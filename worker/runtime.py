@@ -8,12 +8,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from worker.constraints import REFUSALS, constrained_params, refusal_event, rendered_tools, with_reasoning
 from worker.engine import Engine, GroupsHandOns, Outcome
@@ -48,6 +49,8 @@ class _Control:
 
     cancel: threading.Event = field(default_factory=threading.Event)
     timed_out: bool = False
+    # The job's bookkeeping (running entry, stream marker, last use) went out with its last events.
+    settled: bool = False
 
     def expire(self) -> None:
         self.timed_out = True
@@ -146,17 +149,47 @@ class WorkerRuntime:
         await self.presence.update(state="stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def _publish(self, channel: str, *events: Event, done: str | None = None, sent: str | None = None) -> None:
+    async def _publish(
+        self,
+        channel: str,
+        *events: Event,
+        done: str | None = None,
+        sent: str | None = None,
+        then: Callable[[Pipeline], None] | None = None,
+    ) -> None:
         """Publish with the other jobs' events of this loop iteration (one round trip for all).
 
-        `done` also keeps the last event, `sent` marks a started stream.
+        `done` also keeps the last event, `sent` marks a started stream, `then` adds commands.
         """
         keep: list[tuple[str, bytes]] = []
         if sent is not None:
             keep.append((sent, b"1"))
         if done is not None:
             keep.append((done, encode_event(events[-1])))
-        await self._outbox.send(Delivery(channel=channel, messages=[encode_event(e) for e in events], keep=keep))
+        messages = [encode_event(e) for e in events]
+        await self._outbox.send(Delivery(channel=channel, messages=messages, keep=keep, then=then))
+
+    def _settle_in(self, job: ChatJob) -> Callable[[Pipeline], None]:
+        """The end of a job's bookkeeping, added to the pipeline of its last events."""
+
+        def settle(pipe: Pipeline) -> None:
+            pipe.hdel(self._keys.running(self.model_id), job.job_key)
+            pipe.delete(self._keys.sent(job.job_key))
+            pipe.zadd(self._keys.last_used, {self.model_id: int(time.time() * 1000)})
+
+        return settle
+
+    async def _end(
+        self, job: ChatJob, control: _Control, events: Sequence[Event], *, keep: bool, fail: Failed | None = None
+    ) -> None:
+        """A job's last events, the final one kept (`keep`) for a front that missed it, and its
+        bookkeeping: one round trip."""
+        last = [*events, fail] if fail is not None else list(events)
+        if not last:
+            return
+        done = self._keys.done(job.request_id) if keep else None
+        await self._publish(job.channel, *last, done=done, then=self._settle_in(job))
+        control.settled = True
 
     async def _fail(self, job: ChatJob, failure: Failed, *, keep: bool = True) -> None:
         await self._publish(job.channel, failure, done=self._keys.done(job.request_id) if keep else None)
@@ -198,11 +231,10 @@ class WorkerRuntime:
             control.cancel.set()
             del self._cancels[job.job_key]
             self._jobs_done += 1
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hdel(self._keys.running(self.model_id), job.job_key)
-                pipe.delete(self._keys.sent(job.job_key))
-                pipe.zadd(self._keys.last_used, {self.model_id: int(time.time() * 1000)})
-                await pipe.execute()
+            if not control.settled:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    self._settle_in(job)(pipe)
+                    await pipe.execute()
             self._note_load()
 
     def _note_load(self) -> None:
@@ -252,6 +284,8 @@ class WorkerRuntime:
         prompt_tokens = 0
         sent_key = self._keys.sent(job.job_key) if job.stream and job.publish_tokens else None
         done = False
+        # Events of the last batch: they go out with the job's end, in one round trip.
+        tail: list[Event] = []
         while not done:
             batch = [await items.get()]
             while not items.empty():
@@ -280,12 +314,14 @@ class WorkerRuntime:
             failed = next((e for e in events if isinstance(e, Failed)), None)
             if failed is not None:
                 await self._fail(job, failed)
+            elif done:
+                tail = events
             elif events:
                 first_token = sent_key is not None and output.seq > 0
                 await self._publish(job.channel, *events, sent=sent_key if first_token else None)
                 if first_token:
                     sent_key = None
-                if self._stream_interval_s and not done:
+                if self._stream_interval_s:
                     # Tokens that arrive meanwhile go out together: fewer wake-ups per token
                     # for this loop, Redis, the front and the client.
                     await asyncio.sleep(self._stream_interval_s)
@@ -293,21 +329,20 @@ class WorkerRuntime:
             outcome = await future
         except REFUSALS as exc:
             # What the backend found it cannot do only once generating (a grammar llama.cpp refuses).
-            await self._fail(job, refusal_event(exc))
+            await self._end(job, control, tail, keep=True, fail=refusal_event(exc))
             return None
         except Exception as exc:
             logger.exception("generation failed for %s", job.request_id)
-            await self._fail(job, Failed(code="generation_failed", message=str(exc), status=500))
+            failure = Failed(code="generation_failed", message=str(exc), status=500)
+            await self._end(job, control, tail, keep=True, fail=failure)
             return None
         if outcome is None:
+            await self._end(job, control, tail, keep=False)
             return None
         if outcome.reason == "cancelled" and control.timed_out:
-            await self._fail(
-                job,
-                Failed(code="timeout", message="The request did not finish within its timeout.", status=504),
-                # The front gives up at the same deadline: nobody will look for it later.
-                keep=False,
-            )
+            failure = Failed(code="timeout", message="The request did not finish within its timeout.", status=504)
+            # The front gives up at the same deadline: nobody will look for it later.
+            await self._end(job, control, tail, keep=False, fail=failure)
             return None
         reason = output.reason(0, outcome.reason)
         completion_tokens = outcome.completion_tokens
@@ -331,7 +366,7 @@ class WorkerRuntime:
             )
         # A cancelled job's client is gone: nobody will look for its final event.
         keep = job.publish_tokens and reason != "cancelled"
-        await self._publish(job.channel, end, done=self._keys.done(job.request_id) if keep else None)
+        await self._end(job, control, [*tail, end], keep=keep)
         # Orchestration builds on the answer only: no thinking, no tool-call text.
         return StepResult(
             text=output.answer, reason=reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
