@@ -24,12 +24,25 @@ from bench.prompts import chat_body
 NULL_PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
 
 
+# The service's own processes, whose CPU per request goal 4's budget covers.
+SERVICE_PARTS = ("front", "worker", "redis")
+CPU_PER_REQUEST_GOAL_MS = 1.5
+
+
 @dataclass(frozen=True, kw_only=True)
 class NullLoad:
     label: str
     offered_rate: float | None
     summary: RunSummary
     cpu: CpuUse
+
+    def cpu_ms_per_request(self) -> dict[str, float]:
+        """Milliseconds of CPU each process spent per request over the phase ("service": the sum of
+        front, worker and Redis)."""
+        requests = max(self.summary.ok + self.summary.failed, 1)
+        spent = {name: cores * self.cpu.wall_s * 1000 / requests for name, cores in self.cpu.cores.items()}
+        spent["service"] = sum(spent.get(name, 0.0) for name in SERVICE_PARTS)
+        return spent
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from bench.llm_compare import LlmResults, SystemRuns
 from bench.metrics import RunSummary, Spread, markdown_table, paired_tpot_ratios, paired_ttft_overheads, ratio
 from bench.orchestration_bench import OrchestrationResults
 from bench.procs import ROOT
-from bench.queue_overhead import QueueResults
+from bench.queue_overhead import CPU_PER_REQUEST_GOAL_MS, SERVICE_PARTS, QueueResults
 
 TTFT_OVERHEAD_GOAL_MS = 10.0
 TPOT_RATIO_GOAL = 1.05
@@ -136,6 +136,13 @@ def goals(results: Results, cfg: BenchConfig) -> str:
     if results.queue is not None:
         for load in results.queue.loads:
             if load.offered_rate is None:
+                spent = load.cpu_ms_per_request()
+                parts = " + ".join(f"{name} {spent.get(name, 0.0):.2f}" for name in SERVICE_PARTS)
+                rows.append([
+                    "4", f"CPU per request, null model, {load.label}",
+                    f"{spent['service']:.2f} ms ({parts}); load client {spent.get('client', 0.0):.2f} ms",
+                    f"≤ {CPU_PER_REQUEST_GOAL_MS:g} ms", _status(spent["service"] <= CPU_PER_REQUEST_GOAL_MS),
+                ])  # fmt: skip
                 continue
             s = load.summary
             added = (
@@ -272,17 +279,23 @@ def cpu_lines(results: Results) -> list[str]:
 
 
 def queue_table(queue: QueueResults) -> str:
-    rows = [["null engine called directly", "–", "–", "–", "–", queue.direct.text(3), "–"]]
+    rows = [["null engine called directly", "–", "–", "–", "–", queue.direct.text(3), "–", "–"]]
     for load in queue.loads:
         s = load.summary
         added = f"+{s.latency.p50 - queue.direct.p50:.1f} / +{s.latency.p95 - queue.direct.p95:.1f}"
         rows.append([
             f"front→Redis→worker→SSE, {load.label}", f"{load.offered_rate:g}" if load.offered_rate else "–",
             f"{s.requests_per_s:.1f}", f"{s.ok}/{s.ok + s.failed}", _spread(s, "ttft"), _spread(s, "latency"), added,
+            _cpu_cell(load.cpu_ms_per_request()),
         ])  # fmt: skip
     headers = ["path", "offered req/s", "served req/s", "ok", "TTFT ms p50/p95(/p99)", "latency ms p50/p95(/p99)",
-               "added ms p50 / p95"]  # fmt: skip
+               "added ms p50 / p95", "CPU ms/request front / worker / Redis (client)"]  # fmt: skip
     return markdown_table(headers, rows)
+
+
+def _cpu_cell(spent: dict[str, float]) -> str:
+    parts = " / ".join(f"{spent.get(name, 0.0):.2f}" for name in SERVICE_PARTS)
+    return f"{parts} ({spent.get('client', 0.0):.2f})"
 
 
 def orchestration_table(orch: OrchestrationResults) -> str:
