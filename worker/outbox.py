@@ -45,8 +45,15 @@ class Outbox:
         # A flush runs as a task: held here so that it is not collected while it waits on Redis.
         self._flushing: set[asyncio.Task[None]] = set()
 
-    async def send(self, delivery: Delivery) -> None:
-        """Deliver with every other write of this loop iteration; raises what the pipeline raised."""
+    async def send(self, delivery: Delivery, *, alone: bool = False) -> None:
+        """Deliver with every other write of this loop iteration; raises what the pipeline raised.
+
+        `alone`: the caller knows no other writer shares this iteration (one job runs), so the
+        write goes out at once, without the hops through a scheduled flush and its task.
+        """
+        if alone and not self._pending:
+            await self._execute([delivery])
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((delivery, done))

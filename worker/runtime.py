@@ -167,7 +167,8 @@ class WorkerRuntime:
         if done is not None:
             keep.append((done, encode_event(events[-1])))
         messages = [encode_event(e) for e in events]
-        await self._outbox.send(Delivery(channel=channel, messages=messages, keep=keep, then=then))
+        delivery = Delivery(channel=channel, messages=messages, keep=keep, then=then)
+        await self._outbox.send(delivery, alone=len(self._cancels) <= 1)
 
     def _settle_in(self, job: ChatJob) -> Callable[[Pipeline], None]:
         """The end of a job's bookkeeping, added to the pipeline of its last events."""

@@ -25,6 +25,8 @@ class CountingRedis:
         self.fail = fail
         self.executes = 0
         self.publishes = 0
+        # What happened, in order, for tests that compare it with the loop's other callbacks.
+        self.log: list[str] = []
 
     def pipeline(self, *, transaction: bool) -> Any:
         pipe = self.redis.pipeline(transaction=transaction)
@@ -42,6 +44,7 @@ class CountingRedis:
 
     async def publish(self, channel: str, message: bytes) -> int:
         self.publishes += 1
+        self.log.append("publish")
         if self.fail is not None:
             raise self.fail
         count: int = await self.redis.publish(channel, message)
@@ -117,6 +120,25 @@ async def test_a_lone_message_is_a_plain_publish_and_kept_keys_expire(server: An
     assert counting.executes == 1
     assert await server.get("done") == b"last"
     assert 0 < await server.ttl("sent") <= TTL_S
+
+
+async def test_a_lone_writer_writes_at_once_and_otherwise_joins_the_iterations_batch(server: Any) -> None:
+    counting = CountingRedis(server)
+    outbox = outbox_on(counting)
+    pubsub = server.pubsub()
+    await pubsub.subscribe("a", "b")
+    # Sent at once: before the loop runs a callback that was already due.
+    asyncio.get_running_loop().call_soon(counting.log.append, "other")
+    await outbox.send(Delivery(channel="a", messages=[b"a0"]), alone=True)
+    assert counting.log == ["publish", "other"]
+    # With another write already waiting for the flush, `alone` must not overtake it.
+    first = asyncio.ensure_future(outbox.send(Delivery(channel="b", messages=[b"b0"])))
+    await asyncio.sleep(0)
+    await outbox.send(Delivery(channel="a", messages=[b"a1"]), alone=True)
+    await first
+    assert (counting.executes, counting.publishes) == (1, 1)
+    assert await received(pubsub, 3) == [("a", b"a0"), ("b", b"b0"), ("a", b"a1")]
+    await pubsub.aclose()
 
 
 async def test_a_failed_round_trip_fails_every_writer_of_it(server: Any) -> None:
