@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bench import ceilings, loadgen
 from bench.config import BenchConfig
@@ -71,7 +71,7 @@ class Contender:
     key: str
     label: str
     # Builds the sender once the shared HTTP client exists.
-    make: Callable[[httpx.AsyncClient], SendFor]
+    make: Callable[[aiohttp.ClientSession], SendFor]
     pids: Mapping[str, int]
     # (a) is a library call: no concurrency or Poisson runs for it.
     server: bool = True
@@ -80,7 +80,7 @@ class Contender:
 def http_contender(
     key: str, label: str, url: str, cfg: BenchConfig, *, pids: Mapping[str, int], usage: bool, **extra: object
 ) -> Contender:
-    def make(http: httpx.AsyncClient) -> SendFor:
+    def make(http: aiohttp.ClientSession) -> SendFor:
         def send_for(offset: int) -> loadgen.Send:
             def body(index: int) -> dict[str, Any]:
                 content = WARMUP_PROMPT if offset < 0 else prompt(offset + index)
@@ -94,7 +94,7 @@ def http_contender(
 
 
 def in_process_contender(llm: InProcessLlama, cfg: BenchConfig) -> Contender:
-    def make(_: httpx.AsyncClient) -> SendFor:
+    def make(_: aiohttp.ClientSession) -> SendFor:
         def send_for(offset: int) -> loadgen.Send:
             async def send(index: int) -> RequestRecord:
                 content = WARMUP_PROMPT if offset < 0 else prompt(offset + index)

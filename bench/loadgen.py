@@ -1,4 +1,8 @@
-"""Async load client: OpenAI chat streaming over httpx, at fixed concurrency or Poisson arrivals.
+"""Async load client: OpenAI chat streaming over aiohttp, at fixed concurrency or Poisson arrivals.
+
+The client shares the cores with the server it measures, so its CPU per streamed chunk
+slows what it measures: aiohttp (a C HTTP parser) and msgspec's JSON decoder keep that
+cost a fraction of httpx's.
 
 A `Send` is "run request number i and time it"; the HTTP one below and the in-process
 one (bench.inprocess) share the two load shapes, so every system is driven the same way.
@@ -7,18 +11,19 @@ one (bench.inprocess) share the two load shapes, so every system is driven the s
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import msgspec
 
 from bench.metrics import RequestRecord
 
 Send = Callable[[int], Awaitable[RequestRecord]]
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,16 +33,17 @@ class Run:
     offered_rate: float | None = None
 
 
-def client(*, timeout_s: float = 300) -> httpx.AsyncClient:
+def client(*, timeout_s: float = 300) -> aiohttp.ClientSession:
     # No pool limit: a Poisson run must never queue requests inside the client, or the
     # client's own queueing would be measured as server latency.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
-    return httpx.AsyncClient(timeout=timeout_s, limits=limits)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 
-async def sse_lines(response: httpx.Response) -> AsyncIterator[tuple[float, str]]:
-    """(arrival time, line) for each non-empty SSE line; comments start with ':'."""
-    async for line in response.aiter_lines():
+async def sse_lines(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[float, bytes]]:
+    """(arrival time, line) for each non-empty SSE line, without its line break."""
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n")
         if line:
             yield time.perf_counter(), line
 
@@ -56,28 +62,28 @@ def completion_tokens(*, usage: int | None, finish_reason: str | None, max_token
     return chunks
 
 
-def http_sender(http: httpx.AsyncClient, url: str, body_for: Callable[[int], dict[str, Any]]) -> Send:
+def http_sender(http: aiohttp.ClientSession, url: str, body_for: Callable[[int], dict[str, Any]]) -> Send:
     async def send(index: int) -> RequestRecord:
         return await stream_chat(http, url, body_for(index))
 
     return send
 
 
-async def stream_chat(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestRecord:
+async def stream_chat(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> RequestRecord:
     record = RequestRecord(sent=time.perf_counter())
     usage: int | None = None
     finish_reason: str | None = None
     parts: list[str] = []
     try:
-        async with http.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread())[:200].decode(errors="replace")
-                record.error = f"HTTP {response.status_code}: {detail}"
+        async with http.post(url, json=body) as response:
+            if response.status != 200:
+                detail = (await response.read())[:200].decode(errors="replace")
+                record.error = f"HTTP {response.status}: {detail}"
                 return record
             async for at, line in sse_lines(response):
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
                     continue
-                chunk = json.loads(line[6:])
+                chunk = _decode(line[6:])
                 if "error" in chunk:
                     record.error = str(chunk["error"])[:200]
                     continue
@@ -89,7 +95,7 @@ async def stream_chat(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
                         record.chunk_times.append(at)
                         parts.append(content)
                     finish_reason = choice.get("finish_reason") or finish_reason
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         record.end = time.perf_counter()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import redis
 
 from bench import loadgen
@@ -65,16 +65,16 @@ class OrchestrationResults:
         return self.round_ms / statistics.median(self.solo_ms[self.slower])
 
 
-async def _debate_round(http: httpx.AsyncClient, url: str, cfg: BenchConfig, question: str) -> DebateRound:
+async def _debate_round(http: aiohttp.ClientSession, url: str, cfg: BenchConfig, question: str) -> DebateRound:
     body = chat_body("auto", question, max_tokens=cfg.max_tokens, orchestration_mode="debate")
     found = DebateRound()
     participants = len(cfg.debate_models)
-    async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            found.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+    async with http.post(url + "/v1/chat/completions", json=body) as response:
+        if response.status != 200:
+            found.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
             return found
         async for at, line in loadgen.sse_lines(response):
-            match = _STEP.match(line)
+            match = _STEP.match(line.decode())
             if match is None:
                 continue
             step, state, model = match.groups()
