@@ -323,8 +323,8 @@ def notes(cfg: BenchConfig) -> Iterator[str]:
     )
     yield (
         "The load client runs on the same 2 cores as the server it measures (as vLLM's benchmark does on one host): "
-        "httpx spends ~0.3-0.7 ms of CPU per streamed chunk, which slows (b), (c) and (d) a little and (a), which "
-        "has no client, not at all."
+        "its CPU per streamed chunk (aiohttp's C parser and msgspec's JSON decoder, a fraction of httpx's) slows (b), "
+        "(c) and (d) a little and (a), which has no client, not at all."
     )
     yield (
         "llama_cpp.server runs with `--interrupt_requests False`: its default cancels a running stream whenever "
