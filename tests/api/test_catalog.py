@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -16,13 +15,6 @@ from worker.presence import Presence
 
 MODEL = "smollm2-135m"
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def register(redis: Redis, keys: Keys, *, context_length: int) -> Presence:

@@ -9,18 +9,10 @@ import pytest
 from redis.asyncio import Redis
 
 from api.events import EventHub
-from tests.support import TEST_REDIS_URL
 from worker.keys import Keys
 from worker.protocol import Event, Finished, Token, encode_event
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
