@@ -79,6 +79,18 @@ def parse_llama_bench_json(output: str) -> float | None:
     return None
 
 
+def repack_weights() -> bool:
+    """Whether llama.cpp's tools repack weights here: as the worker's INFERENCE_CPU_EXTRA_BUFFERS=auto.
+
+    On a CPU with AMX the worker keeps the plain layout (its llama.cpp crashes on the AMX
+    one); llama.cpp's own tools, a newer build, would take the AMX path by default and
+    measure a different kernel, not a different server.
+    """
+    from worker.hardware import use_extra_buffers
+
+    return use_extra_buffers("auto")
+
+
 def run_batched_bench(
     tools: LlamaTools, model: Path, *, threads: int, sequences: Iterable[int], prompt: int, generate: int
 ) -> dict[int, float]:
@@ -86,14 +98,21 @@ def run_batched_bench(
         str(tools.batched_bench), "-m", str(model), "-t", str(threads), "-tb", str(threads),
         "-c", "8192", "-npp", str(prompt), "-ntg", str(generate), "-npl", ",".join(map(str, sequences)),
     ]  # fmt: skip
+    if not repack_weights():
+        argv.append("--no-repack")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
     return parse_batched_bench(done.stdout + done.stderr)
 
 
-def run_llama_bench(tools: LlamaTools, model: Path, *, threads: int, generate: int) -> float | None:
+def run_llama_bench(
+    tools: LlamaTools, model: Path, *, threads: int, generate: int, repack: bool | None = None
+) -> float | None:
+    """One sequence's decode tok/s; `repack` None: the worker's choice of weight layout."""
     if tools.bench is None:
         return None
+    repack = repack_weights() if repack is None else repack
     argv = [str(tools.bench), "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(generate), "-o", "json"]
+    argv += ["--repack", "1" if repack else "0"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
     return parse_llama_bench_json(done.stdout)
 

@@ -63,6 +63,8 @@ class LlmResults:
     libllama_batched: dict[int, float]
     batched_bench: dict[int, float] | None = None
     llama_bench_tg: float | None = None
+    # Where the worker keeps the plain weight layout (AMX CPUs): llama-bench with llama.cpp's repacked one.
+    llama_bench_tg_repacked: float | None = None
     tools_note: str = ""
 
 
@@ -247,10 +249,16 @@ def _start_all(
     contenders.append(http_contender("c", "(c) this service", url, cfg, pids=pids, usage=True))
     if tools is not None:
         server, url = start_llama_server(
-            tools.server, model_path, threads=cfg.threads, n_ctx=cfg.n_ctx, slots=cfg.concurrency, log_dir=cfg.log_dir
+            tools.server,
+            model_path,
+            threads=cfg.threads,
+            n_ctx=cfg.n_ctx,
+            slots=cfg.concurrency,
+            log_dir=cfg.log_dir,
+            repack=ceilings.repack_weights(),
         )
         stack.callback(server.stop)
-        label = f"(d) llama-server -np {cfg.concurrency}"
+        label = f"(d) llama-server -np {cfg.concurrency}" + ("" if ceilings.repack_weights() else " --no-repack")
         contenders.append(http_contender("d", label, url, cfg, pids={"server": server.pid}, usage=True))
     return contenders
 
@@ -311,6 +319,11 @@ def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = prin
         results.llama_bench_tg = ceilings.run_llama_bench(
             tools, model_path, threads=cfg.threads, generate=cfg.max_tokens
         )
+        if not ceilings.repack_weights():
+            # What the layout the worker cannot use here would give, for reference.
+            results.llama_bench_tg_repacked = ceilings.run_llama_bench(
+                tools, model_path, threads=cfg.threads, generate=cfg.max_tokens, repack=True
+            )
     wait_for_quiet(log=log)
     log("libllama batched decode (llama-batched-bench's method, in-process) ...")
     results.libllama_batched = ceilings.libllama_batched_decode(

@@ -175,9 +175,12 @@ def start_llama_cpp_server(model_path: Path, *, threads: int, n_ctx: int, log_di
 
 
 def start_llama_server(
-    binary: Path, model_path: Path, *, threads: int, n_ctx: int, slots: int, log_dir: Path
+    binary: Path, model_path: Path, *, threads: int, n_ctx: int, slots: int, log_dir: Path, repack: bool = True
 ) -> tuple[Service, str]:
-    """llama.cpp's C++ server with `slots` parallel sequences batched into each decode."""
+    """llama.cpp's C++ server with `slots` parallel sequences batched into each decode.
+
+    `repack` False keeps the weights in their file's layout (`--no-repack`), as the worker does on AMX CPUs.
+    """
     port = free_port()
     argv = [
         str(binary),
@@ -190,6 +193,8 @@ def start_llama_server(
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
+    if not repack:
+        argv.append("--no-repack")
     service = spawn("llama-server", argv, env={}, log_dir=log_dir)
     url = f"http://127.0.0.1:{port}"
     return ready_or_stopped(service, http_ok(url + "/health"), what="/health"), url
