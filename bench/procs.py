@@ -153,6 +153,32 @@ def start_worker(config: ServiceConfig, model: str, *, front_url: str, name: str
     return ready_or_stopped(service, loaded, what=f"{model} ready")
 
 
+def start_socket_redis(*, log_dir: Path) -> tuple[Service, str]:
+    """A private redis-server on a Unix socket only (port 0: no TCP), and its URL.
+
+    What a host that runs Redis beside the front and the workers can use instead of loopback TCP.
+    """
+    socket_path = log_dir / "redis.sock"
+    # The kernel's limit on a socket's path (sun_path) is 108 bytes, with its terminating NUL.
+    if len(str(socket_path).encode()) > 107:
+        raise ValueError(f"socket path too long for a Unix socket: {socket_path}")
+    argv = ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+            "--save", "", "--appendonly", "no", "--dir", str(log_dir)]  # fmt: skip
+    service = spawn("redis-socket", argv, env={}, log_dir=log_dir)
+    url = f"unix://{socket_path}?db=0"
+
+    def answers() -> bool:
+        client = redis.Redis.from_url(url)
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    return ready_or_stopped(service, answers, what="PING on its socket"), url
+
+
 def start_llama_cpp_server(model_path: Path, *, threads: int, n_ctx: int, log_dir: Path) -> tuple[Service, str]:
     """llama-cpp-python's own OpenAI server; it does one request at a time behind a lock."""
     port = free_port()

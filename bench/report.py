@@ -180,7 +180,7 @@ def goals(results: Results, cfg: BenchConfig) -> str:
                 f"+{s.latency.p50 - results.queue.direct.p50:.1f} / +{s.latency.p95 - results.queue.direct.p95:.1f} ms"
             )
             rows.append([
-                "4", f"null model, Poisson {load.offered_rate:g} req/s",
+                "4", f"null model, Poisson {load.offered_rate:g} req/s, Redis over {load.transport}",
                 f"{s.requests_per_s:.0f} req/s served, latency added p50/p95 {added}", "(measure)", "–",
             ])  # fmt: skip
     orch = results.orchestration

@@ -26,7 +26,10 @@ MEANINGS: dict[str, str] = {
     "host": "Address the front listens on.",
     "log_level": "Log level: DEBUG, INFO, WARNING, ERROR.",
     "log_format": "text (readable) or json (one object per line with request_id, model, worker_id, step).",
-    "redis_url": "Redis holding the queues, the workers' registry, the DAGs and the metrics.",
+    "redis_url": (
+        "Redis holding the queues, the workers' registry, the DAGs and the metrics;"
+        " unix:///path/redis.sock?db=N for one on the same host."
+    ),
     "key_prefix": "Prefix of every Redis key and channel the service uses.",
     "models_dir": "Model files, as <dir>/<model id>/<file>.",
     "config": "Active preset (S1-S5, D1-D10, T1-T10, Q1-Q5, P1-P3, E1-E5).",

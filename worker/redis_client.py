@@ -33,14 +33,16 @@ def create_pool(url: str, *, role: Role) -> ConnectionPool:
     else:
         # A negative count retries forever.
         retry = Retry(ExponentialBackoff(**_WORKER_BACKOFF), -1, supported_errors=errors)
+    # TCP keepalive has no meaning on a Unix socket, whose connection class refuses the option.
+    tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
     return ConnectionPool.from_url(
         url,
         retry=retry,
         retry_on_error=[ConnectionError, TimeoutError],
         socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        socket_keepalive=True,
         # A connection that sat idle across a Redis restart is checked before use.
         health_check_interval=10,
+        **tcp,
     )
 
 

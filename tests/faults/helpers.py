@@ -79,3 +79,13 @@ def running_worker_pid(client: redis.Redis, prefix: str) -> int:
     assert len(entries) == 1, entries
     worker_id = next(iter(entries.values())).decode()
     return int(client.hget(f"{prefix}:worker:{SMOL}:{worker_id}", "pid") or 0)
+
+
+def worker_ready(client: redis.Redis, prefix: str) -> bool:
+    """A worker of `prefix` registered as ready or busy; False while Redis does not answer."""
+    try:
+        return any(client.hget(k, "state") in (b"ready", b"busy") for k in client.scan_iter(f"{prefix}:worker:*"))
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

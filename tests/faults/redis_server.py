@@ -1,4 +1,4 @@
-"""A redis-server of the test's own, on a spare port, that the test can stop and start again."""
+"""A redis-server of the test's own, on a spare port or a Unix socket, that the test can stop and start again."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import redis
 
 
 class RedisServer:
-    def __init__(self, *, port: int, folder: Path) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+    def __init__(self, *, port: int, folder: Path, unix_socket: bool = False) -> None:
+        """`unix_socket`: listen on `folder`/redis.sock only (port 0 turns TCP off)."""
+        self.port = 0 if unix_socket else port
+        self.socket = folder / "redis.sock" if unix_socket else None
+        self.url = f"unix://{self.socket}?db=0" if unix_socket else f"redis://127.0.0.1:{port}/0"
         self._folder = folder
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -35,6 +37,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self._folder),
+                *(["--unixsocket", str(self.socket), "--unixsocketperm", "700"] if self.socket else []),
             ],
             stdout=(self._folder / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
@@ -47,7 +50,7 @@ class RedisServer:
                 return
             except redis.ConnectionError:
                 time.sleep(0.05)
-        raise RuntimeError(f"the private redis-server on port {self.port} did not start")
+        raise RuntimeError(f"the private redis-server at {self.url} did not start")
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

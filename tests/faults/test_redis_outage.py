@@ -11,20 +11,10 @@ import httpx
 import pytest
 
 from tests.conftest import StartFront, StartWorker
-from tests.faults.helpers import SLOW, SMOL, assert_nothing_left, body, wait_for
+from tests.faults.helpers import SLOW, SMOL, assert_nothing_left, body, wait_for, worker_ready
 from tests.faults.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-def _worker_ready(server: RedisServer, prefix: str) -> bool:
-    client = server.client()
-    try:
-        return any(client.hget(k, "state") in (b"ready", b"busy") for k in client.scan_iter(f"{prefix}:worker:*"))
-    except Exception:
-        return False
-    finally:
-        client.close()
 
 
 def test_fronts_and_workers_ride_out_a_redis_restart(
@@ -32,7 +22,7 @@ def test_fronts_and_workers_ride_out_a_redis_restart(
 ) -> None:
     env = {**SLOW, "INFERENCE_NULL_TOKEN_DELAY_MS": "20", "INFERENCE_REDIS_URL": private_redis.url}
     worker = start_worker(SMOL, wait=False, **env)
-    wait_for(lambda: _worker_ready(private_redis, prefix), timeout_s=60, what=worker.output())
+    wait_for(lambda: worker_ready(private_redis.client(), prefix), timeout_s=60, what=worker.output())
     url = start_front(INFERENCE_REDIS_URL=private_redis.url)
     assert httpx.post(f"{url}/v1/chat/completions", json=body("before", max_tokens=3), timeout=30).status_code == 200
 
