@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,8 @@ import msgspec
 
 from bench.metrics import RequestRecord
 
-Send = Callable[[int], Awaitable[RequestRecord]]
+# A coroutine, not any awaitable: Poisson arrivals start each one as its own task.
+Send = Callable[[int], Coroutine[Any, Any, RequestRecord]]
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 import redis
@@ -243,7 +244,7 @@ def clean_prefix(redis_url: str, prefix: str) -> int:
         for pattern in (f"{prefix}:*", f"arq:*:{prefix}:*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
-                deleted += int(client.delete(*keys))
+                deleted += cast(int, client.delete(*keys))
     finally:
         client.close()
     return deleted

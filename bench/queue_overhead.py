@@ -75,6 +75,8 @@ async def _sequential(paths: list[_Path], send_for: Mapping[str, loadgen.Send], 
     per_block = max(cfg.null_sequential // _SEQUENTIAL_BLOCKS, 1)
     records: dict[str, list[RequestRecord]] = {path.transport: [] for path in paths}
     uses: dict[str, list[CpuUse]] = {path.transport: [] for path in paths}
+    # The blocks of one transport are not back to back: its rate counts only its own blocks.
+    busy_s: dict[str, float] = {path.transport: 0.0 for path in paths}
     for block in range(_SEQUENTIAL_BLOCKS):
         # ABBA: neither transport always goes first.
         for path in paths if block % 2 == 0 else paths[::-1]:
@@ -86,11 +88,13 @@ async def _sequential(paths: list[_Path], send_for: Mapping[str, loadgen.Send], 
             run, use = await unskewed(one_at_a_time, pids=path.pids, what=what, log=log)
             records[path.transport] += run.records
             uses[path.transport].append(use)
+            if run.records:
+                busy_s[path.transport] += max(r.end for r in run.records) - min(r.sent for r in run.records)
     return [
         NullLoad(
             label=f"sequential (idle), Redis over {path.transport}",
             offered_rate=None,
-            summary=summarize(records[path.transport]),
+            summary=summarize(records[path.transport], duration_s=busy_s[path.transport]),
             cpu=combined(uses[path.transport]),
             transport=path.transport,
         )
