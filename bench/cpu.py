@@ -65,20 +65,19 @@ class CpuMeter:
     """CPU of named processes (this one as "client", Redis as "redis") over one phase."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
-        self._pids = {"client": os.getpid(), **pids}
-        for index, pid in enumerate(pids_named("redis-server")):
-            self._pids[f"redis{index or ''}"] = pid
+        # Every Redis server counts as Redis: the shared one and a benchmark's own.
+        self._groups = {"client": [os.getpid()], **{name: [pid] for name, pid in pids.items()}}
+        self._groups["redis"] = pids_named("redis-server")
         self._start = time.monotonic()
         self._system, self._steal = system_busy_s()
-        self._used = {name: process_cpu_s(pid) for name, pid in self._pids.items()}
+        self._used = self._cpu_s()
+
+    def _cpu_s(self) -> dict[str, float]:
+        return {name: sum(process_cpu_s(pid) for pid in group) for name, group in self._groups.items()}
 
     def stop(self) -> CpuUse:
         wall = max(time.monotonic() - self._start, 1e-9)
-        used: dict[str, float] = {}
-        for name, pid in self._pids.items():
-            # Every Redis server counts as Redis: the shared one and a benchmark's own.
-            key = "redis" if name.startswith("redis") else name
-            used[key] = used.get(key, 0.0) + process_cpu_s(pid) - self._used[name]
+        used = {name: spent - self._used[name] for name, spent in self._cpu_s().items()}
         busy, steal = system_busy_s()
         return CpuUse(
             wall_s=wall,

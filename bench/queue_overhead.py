@@ -88,8 +88,7 @@ async def _sequential(paths: list[_Path], send_for: Mapping[str, loadgen.Send], 
             run, use = await unskewed(one_at_a_time, pids=path.pids, what=what, log=log)
             records[path.transport] += run.records
             uses[path.transport].append(use)
-            if run.records:
-                busy_s[path.transport] += max(r.end for r in run.records) - min(r.sent for r in run.records)
+            busy_s[path.transport] += summarize(run.records).duration_s
     return [
         NullLoad(
             label=f"sequential (idle), Redis over {path.transport}",

@@ -5,7 +5,6 @@ A private redis-server that listens on a socket only, so nothing here can fall b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import StartFront, StartWorker
-from tests.faults.helpers import SMOL, body, wait_for, worker_ready
+from tests.faults.helpers import SMOL, body, stream_events, wait_for, worker_ready
 from tests.faults.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -29,16 +28,12 @@ def socket_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _streamed_text(url: str, content: str) -> str:
-    text = []
     with httpx.stream(
         "POST", f"{url}/v1/chat/completions", json=body(content, max_tokens=3, stream=True), timeout=30
     ) as response:
         assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                choices = json.loads(line[len("data: ") :])["choices"]
-                text += [c["delta"].get("content") or "" for c in choices]
-    return "".join(text)
+        chunks = [event for event in stream_events(response) if isinstance(event, dict)]
+    return "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"])  # type: ignore[attr-defined]
 
 
 def test_the_queue_path_over_a_unix_socket_and_across_its_restart(
