@@ -404,8 +404,9 @@ def notes(cfg: BenchConfig) -> Iterator[str]:
         "stalls both threads, so it costs decode time out of proportion to its own CPU."
     )
     yield (
-        "Debate: both models' workers run at once on the same 2 cores with 2 threads each, 4 spinning threads on "
-        "2 cores, so their round is slower than the two models one after the other; the stream is closed after round 1."
+        "Debate: both models' workers run at once on the same 2 cores, each capped at 2 threads; while both "
+        "generate, the core share (worker/core_share.py) gives each 1 thread, so neither spins at barriers that "
+        "wait for the other's threads; a model alone decodes with 2. The stream is closed after round 1."
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     worker_model: str | None = None
     worker_id: str | None = None
     n_threads: int | None = None
+    # llama.cpp engines generating at once on one host split its cores between them
+    # (worker/core_share.py); each holds a locked file in core_share_dir while it generates.
+    share_cores: bool = True
+    core_share_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "inference-cores")
     # None runs each model at its registry context; a number caps every model's (see presets.context).
     n_ctx: int | None = Field(default=None, ge=64)
     null_token_delay_ms: float = 0.0

@@ -21,6 +21,7 @@ from presets.placement import placement_for
 from presets.registry import load_registry
 from presets.settings import Settings
 from worker.bad_jobs import drop_undecodable
+from worker.core_share import CoreShare, usable_cores
 from worker.engine import Engine, LlamaEngine
 from worker.keys import Keys
 from worker.metrics import WorkerMetrics
@@ -104,6 +105,7 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
     path = resolve_model_path(settings, model_id)
     # INFERENCE_GPU_LAYERS is the default of a model whose placement sets none.
     gpu_layers = placement.layers(default=settings.gpu_layers)
+    cores = core_share_for(settings)
     if settings.batching:
         from worker.batched_engine import BatchedLlamaEngine
 
@@ -113,7 +115,8 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             path=path,
             n_ctx=n_ctx,
             slots=copies,
-            n_threads=settings.n_threads,
+            n_threads=cores.max_threads,
+            core_share=cores,
             extra_buffers=settings.cpu_extra_buffers,
             kv_cache=settings.kv_cache,
             gpu_layers=gpu_layers,
@@ -126,8 +129,8 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
             model_id=model_id,
             path=path,
             n_ctx=n_ctx,
-            # llama.cpp's own default is half the cores; a worker owns its slot, so take them all.
-            n_threads=settings.n_threads or os.cpu_count(),
+            n_threads=cores.max_threads,
+            core_share=cores,
             extra_buffers=settings.cpu_extra_buffers,
             gpu_layers=gpu_layers,
             main_gpu=placement.main_gpu,
@@ -135,6 +138,15 @@ def load_engines(settings: Settings, model_id: str) -> list[Engine]:
         )
         for _ in range(copies)
     ]
+
+
+def core_share_for(settings: Settings) -> CoreShare:
+    """INFERENCE_N_THREADS caps the threads; unset, every core (llama.cpp's own default is half)."""
+    cores = usable_cores()
+    threads = settings.n_threads or cores
+    if not settings.share_cores:
+        return CoreShare.fixed(threads)
+    return CoreShare(directory=settings.core_share_dir, cores=cores, max_threads=threads)
 
 
 def load_checked_engines(settings: Settings, model_id: str) -> list[Engine]:

@@ -24,6 +24,7 @@ import llama_cpp
 from presets.settings import KvCacheLayout
 from worker.chat_prompt import ChatPrompter
 from worker.choices import ChoiceText
+from worker.core_share import CoreShare
 from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter, check_fits
 from worker.hardware import ExtraBuffers
 from worker.llama_batch import BatchScheduler, SequenceRequest
@@ -57,6 +58,7 @@ class BatchedLlamaEngine:
         kv_cache: KvCacheLayout = "split",
         batch_tokens: int = 512,
         prefill_chunk_tokens: int = 128,
+        core_share: CoreShare | None = None,
     ) -> None:
         self.model_id = model_id
         # llama-cpp-python routes llama.cpp's log through this logger; unset, it prints every
@@ -112,6 +114,7 @@ class BatchedLlamaEngine:
             batch_tokens=batch_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
             n_swa=llama_cpp.llama_model_n_swa(self._model),
+            core_share=core_share,
         )
 
     @property

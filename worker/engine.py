@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from worker.core_share import CoreShare, Seat
 from worker.hardware import ExtraBuffers
 from worker.protocol import Message, SamplingParams, TokenLogprob, Tool
 from worker.textstream import TextStream
@@ -146,6 +147,7 @@ class LlamaEngine:
         tensor_split: Sequence[float] | None = None,
         seed: int = 0,
         extra_buffers: ExtraBuffers = "auto",
+        core_share: CoreShare | None = None,
     ) -> None:
         from worker.chat_prompt import ChatPrompter
         from worker.llama_params import gpu_options, open_llama
@@ -162,6 +164,7 @@ class LlamaEngine:
         )
         self.context_length = self._llm.n_ctx()
         llm = self._llm
+        self._cores = core_share or CoreShare.fixed(llm.n_threads)
         self._eos = {llm.token_eos()}
         self._prompter = ChatPrompter(
             metadata=llm.metadata,
@@ -199,11 +202,13 @@ class LlamaEngine:
             self._check_grammar(params.eager_grammar)
             grammar = LlamaGrammar.from_string(params.eager_grammar, verbose=False)
         ends: list[ChoiceOutcome] = []
-        for index in range(max(params.n, 1)):
-            if ends and ends[-1].reason == "cancelled":
-                ends.append(ChoiceOutcome(index=index, reason="cancelled", completion_tokens=0))
-                continue
-            ends.append(self._choice(prompt, params, index=index, grammar=grammar, cancel=cancel, emit=emit))
+        with self._cores.seat() as seat:
+            for index in range(max(params.n, 1)):
+                if ends and ends[-1].reason == "cancelled":
+                    ends.append(ChoiceOutcome(index=index, reason="cancelled", completion_tokens=0))
+                    continue
+                choice = self._choice(prompt, params, index=index, grammar=grammar, cancel=cancel, emit=emit, seat=seat)
+                ends.append(choice)
         return outcome_of(ends)
 
     def _choice(
@@ -215,8 +220,12 @@ class LlamaEngine:
         grammar: LlamaGrammar | None,
         cancel: threading.Event,
         emit: Emit,
+        seat: Seat,
     ) -> ChoiceOutcome:
         llm = self._llm
+        ctx = llm._ctx.ctx
+        # The generator decodes the prompt on its first step and each token on the next.
+        seat.apply_to(ctx)
         budget = self.context_length - len(prompt.tokens)
         limit = min(params.max_tokens, budget) if params.max_tokens else budget
         # Always seed: without a request seed, draw one, so runs (and choices) differ like other servers'.
@@ -254,6 +263,7 @@ class LlamaEngine:
                     break
                 if produced >= limit:
                     break
+                seat.apply_to(ctx)
         finally:
             # The next choice's generate() replaces the sampler this one still refers to.
             tokens.close()

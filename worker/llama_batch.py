@@ -37,6 +37,7 @@ from typing import Any, Literal, cast
 
 import llama_cpp
 
+from worker.core_share import CoreShare, Seat
 from worker.sampler_chain import Sampler
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,12 @@ class BatchScheduler:
         batch_tokens: int,
         prefill_chunk_tokens: int,
         n_swa: int,
+        core_share: CoreShare | None = None,
     ) -> None:
         self._ctx = ctx
+        self._cores = core_share
+        # Held while any sequence waits or runs (see worker/core_share.py).
+        self._seat: Seat | None = None
         self._vocab = vocab
         self._memory = llama_cpp.llama_get_memory(ctx)
         # None: each slot has a stream of cells of its own, and any free slot can take a request.
@@ -166,11 +171,17 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
+                if not self._closed and not self._waiting and not self.active_sequences:
+                    self._leave_seat()
                 while not self._closed and not self._waiting and not self.active_sequences:
                     self._wake.wait()
                 if self._closed:
                     break
             try:
+                if self._cores is not None:
+                    if self._seat is None:
+                        self._seat = self._cores.seat()
+                    self._seat.apply_to(self._ctx)
                 self._step()
             except Exception as exc:
                 # The sequences of a failed step end with the error (their jobs report it);
@@ -178,6 +189,12 @@ class BatchScheduler:
                 logger.exception("a batch step failed")
                 self._fail_running(exc)
         self._fail_running(RuntimeError("the engine is closed"))
+        self._leave_seat()
+
+    def _leave_seat(self) -> None:
+        if self._seat is not None:
+            self._seat.close()
+            self._seat = None
 
     def _step(self) -> None:
         self._steps += 1

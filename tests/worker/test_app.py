@@ -54,6 +54,20 @@ def test_without_placement_inference_gpu_layers_is_the_default(tmp_path: Path, c
     assert [(o["gpu_layers"], o["main_gpu"], o["tensor_split"]) for o in captured] == [(7, None, None)]
 
 
+@pytest.mark.parametrize("batching", [True, False])
+def test_every_llama_engine_of_a_worker_shares_the_hosts_cores(
+    tmp_path: Path, captured: list[dict[str, Any]], batching: bool
+) -> None:
+    cores = tmp_path / "cores"
+    chosen = settings(tmp_path, batching=batching, n_threads=2, core_share_dir=cores, max_concurrent_per_model=2)
+    app.load_engines(chosen, "smollm2-135m")
+    assert captured
+    for options in captured:
+        assert options["n_threads"] == 2
+        assert options["core_share"].directory == cores
+        assert options["core_share"].max_threads == 2
+
+
 def test_a_models_vllm_settings_reach_its_vllm_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     modules, built = fake_vllm.modules()
     for name, module in modules.items():

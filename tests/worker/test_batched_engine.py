@@ -257,3 +257,27 @@ def test_a_sliding_window_model_batches_and_reuses_prefixes(tmp_path_factory: py
         assert engine.prefilled_tokens - before == 1
     finally:
         engine.close()
+
+
+def test_another_seat_on_the_host_halves_the_threads_and_leaving_restores_them(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    import llama_cpp
+
+    from worker.core_share import CoreShare
+
+    share = CoreShare(directory=tmp_path, cores=2, max_threads=2, refresh_s=0.0)
+    engine = make_engine(core_share=share)
+    seen: list[int] = []
+
+    def read_threads(_: str) -> None:
+        seen.append(llama_cpp.llama_n_threads(engine._ctx))
+
+    alone, _ = ask(engine, QUESTIONS[0], emit=read_threads)
+    assert set(seen) == {2}
+    seen.clear()
+    with share.seat():
+        beside, _ = ask(engine, QUESTIONS[0], emit=read_threads)
+    assert set(seen) == {1}
+    # The thread count changes the speed, never the text.
+    assert beside == alone

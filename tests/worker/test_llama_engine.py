@@ -145,3 +145,28 @@ def test_cancel_in_the_first_choice_cancels_them_all(engine: LlamaEngine) -> Non
     outcome = engine.generate(prompt, params, cancel=cancel, emit=emit)
     assert [c.reason for c in outcome.choices] == ["cancelled", "cancelled"]
     assert {index for index, _, _ in emitted.calls} == {0}
+
+
+def test_another_seat_on_the_host_halves_the_threads(tmp_path: Path) -> None:
+    import llama_cpp
+
+    from worker.core_share import CoreShare
+
+    path = resolve_embedded("smollm2-135m", models_dir=tmp_path / "models")
+    share = CoreShare(directory=tmp_path / "cores", cores=2, max_threads=2, refresh_s=0.0)
+    engine = LlamaEngine(model_id="smollm2-135m", path=path, n_ctx=512, n_threads=2, gpu_layers=0, core_share=share)
+    try:
+        seen: list[int] = []
+
+        def emit(text: str, /, *, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> None:
+            seen.append(llama_cpp.llama_n_threads(engine._llm._ctx.ctx))
+
+        prompt = engine.prepare([Message("user", "Name three colors.")], GREEDY)
+        with share.seat():
+            engine.generate(prompt, GREEDY, cancel=threading.Event(), emit=emit)
+        assert seen and set(seen) == {1}
+        seen.clear()
+        engine.generate(prompt, GREEDY, cancel=threading.Event(), emit=emit)
+        assert seen and set(seen) == {2}
+    finally:
+        engine.close()
