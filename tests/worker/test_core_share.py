@@ -123,4 +123,5 @@ def test_the_settings_choose_the_share(tmp_path: Path) -> None:
     fixed = core_share_for(load_settings(n_threads=3, share_cores=False))
     assert fixed.directory is None
     assert fixed.max_threads == 3
-    assert core_share_for(load_settings(core_share_dir=tmp_path)).max_threads == len(os.sched_getaffinity(0))
+    every_core = core_share_for(load_settings(n_threads=None, core_share_dir=tmp_path))
+    assert every_core.max_threads == len(os.sched_getaffinity(0))
