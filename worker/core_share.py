@@ -54,8 +54,8 @@ class CoreShare:
         self.directory = directory
         self.cores = max(cores, 1)
         self.max_threads = max(max_threads, 1)
-        self._refresh_s = refresh_s
-        self._clock = clock
+        self.refresh_s = refresh_s
+        self.clock = clock
 
     @classmethod
     def fixed(cls, threads: int) -> CoreShare:
@@ -66,13 +66,6 @@ class CoreShare:
 
     def threads_for(self, generating: int) -> int:
         return max(1, min(self.max_threads, self.cores // max(generating, 1)))
-
-    @property
-    def refresh_s(self) -> float:
-        return self._refresh_s
-
-    def now(self) -> float:
-        return self._clock()
 
 
 class Seat:
@@ -113,7 +106,7 @@ class Seat:
         share = self._share
         if self._fd is None or share.directory is None:
             return self._threads
-        now = share.now()
+        now = share.clock()
         if now - self._counted_at >= share.refresh_s:
             self._counted_at = now
             self._threads = share.threads_for(count_seats(share.directory, own=self._name))
@@ -122,8 +115,8 @@ class Seat:
     def apply_to(self, ctx: Any) -> int:
         """Give a llama.cpp context this seat's thread count, when it changed; returns it."""
         threads = self.threads()
-        # A fixed share leaves the context as it was made.
-        if self._applied != threads and self._share.directory is not None:
+        # A seat that holds no file (a fixed share) leaves the context as it was made.
+        if self._applied != threads and self.held:
             import llama_cpp
 
             llama_cpp.llama_set_n_threads(ctx, threads, threads)

@@ -171,9 +171,9 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                if not self._closed and not self._waiting and not self.active_sequences:
+                if self._idle():
                     self._leave_seat()
-                while not self._closed and not self._waiting and not self.active_sequences:
+                while self._idle():
                     self._wake.wait()
                 if self._closed:
                     break
@@ -190,6 +190,9 @@ class BatchScheduler:
                 self._fail_running(exc)
         self._fail_running(RuntimeError("the engine is closed"))
         self._leave_seat()
+
+    def _idle(self) -> bool:
+        return not self._closed and not self._waiting and not self.active_sequences
 
     def _leave_seat(self) -> None:
         if self._seat is not None:
