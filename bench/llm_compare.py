@@ -61,6 +61,8 @@ class SystemRuns:
 class LlmResults:
     systems: dict[str, SystemRuns]
     libllama_batched: dict[int, float]
+    # The same with llama.cpp's plain attention kernel (INFERENCE_FLASH_ATTENTION=off).
+    libllama_batched_plain: dict[int, float] = field(default_factory=dict)
     batched_bench: dict[int, float] | None = None
     llama_bench_tg: float | None = None
     # Where the worker keeps the plain weight layout (AMX CPUs): llama-bench with llama.cpp's repacked one.
@@ -329,4 +331,8 @@ def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = prin
     results.libllama_batched = ceilings.libllama_batched_decode(
         model_path, threads=cfg.threads, sequences=sequences, prompt=32, generate=cfg.max_tokens
     )
+    results.libllama_batched_plain = ceilings.libllama_batched_decode(
+        model_path, threads=cfg.threads, sequences=sequences, prompt=32, generate=cfg.max_tokens,
+        flash_attention="off",
+    )  # fmt: skip
     return results

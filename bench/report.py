@@ -249,6 +249,13 @@ def concurrency_table(llm: LlmResults, cfg: BenchConfig) -> str:
         f"{batched.get(cfg.concurrency, math.nan):.1f}",
         f"{ratio(batched.get(cfg.concurrency, math.nan), batched.get(1, math.nan)):.2f}", "decode only", "",
     ])  # fmt: skip
+    plain = llm.libllama_batched_plain
+    if plain:
+        rows.append([
+            "libllama batched decode, flash attention off", f"{plain.get(1, math.nan):.1f}",
+            f"{plain.get(cfg.concurrency, math.nan):.1f}",
+            f"{ratio(plain.get(cfg.concurrency, math.nan), plain.get(1, math.nan)):.2f}", "decode only", "",
+        ])  # fmt: skip
     if llm.batched_bench is not None:
         bb = llm.batched_bench
         rows.append([

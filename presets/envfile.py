@@ -50,6 +50,7 @@ MEANINGS: dict[str, str] = {
     ),
     "gpu_memory_budget_mb": "JSON GPU index -> MB the supervisor may fill on that GPU (models placed there).",
     "cpu_extra_buffers": "llama.cpp repacked CPU weight layouts: auto (off on AMX CPUs), on, off.",
+    "flash_attention": "llama.cpp's flash attention: auto (where the KV cache's device runs it), on, off.",
     "batching": "llama.cpp: a worker's concurrent jobs decode in one batched context.",
     "kv_cache": "Batching KV cache: split (the window cut into one per slot), per_slot (memory times slots), shared.",
     "backend": "llamacpp, vllm, or null (fixed text at once, for tests and benchmarks).",

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # llama.cpp's repacked CPU weight layouts: "auto" turns them off on CPUs with AMX, whose
     # path crashes there (see worker/hardware.py); "on"/"off" force the choice.
     cpu_extra_buffers: Literal["auto", "on", "off"] = "auto"
+    # llama.cpp's fused attention kernel: "auto" uses it where the device that holds the KV
+    # cache runs it (every CPU does), "on"/"off" force it. Its float sums run in another order,
+    # so temperature-0 text can differ at a near tie from a context made with it off.
+    flash_attention: Literal["auto", "on", "off"] = "auto"
     # llama.cpp: one context decodes every concurrent job of the worker in one batch per
     # step; false gives each job a context (and a copy of the weights) of its own.
     batching: bool = True

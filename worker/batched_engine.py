@@ -28,7 +28,7 @@ from worker.core_share import CoreShare
 from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter, check_fits
 from worker.hardware import ExtraBuffers
 from worker.llama_batch import BatchScheduler, SequenceRequest
-from worker.llama_params import model_params
+from worker.llama_params import FlashAttention, flash_attn_type, model_params
 from worker.logprobs import LogprobReader
 from worker.protocol import Message, SamplingParams, Tool
 from worker.sampler_chain import build_sampler
@@ -56,6 +56,7 @@ class BatchedLlamaEngine:
         tensor_split: Sequence[float] | None = None,
         extra_buffers: ExtraBuffers = "auto",
         kv_cache: KvCacheLayout = "split",
+        flash_attention: FlashAttention = "auto",
         batch_tokens: int = 512,
         prefill_chunk_tokens: int = 128,
         core_share: CoreShare | None = None,
@@ -90,8 +91,7 @@ class BatchedLlamaEngine:
         context_params.kv_unified = shared
         context_params.n_threads = threads
         context_params.n_threads_batch = threads
-        # As llama-cpp-python's Llama (LlamaEngine) runs: the same logits for the same tokens.
-        context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        context_params.flash_attn_type = flash_attn_type(flash_attention)
         self._ctx = llama_cpp.llama_init_from_model(self._model, context_params)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)

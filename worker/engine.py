@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_grammar import LlamaGrammar
 
+    from worker.llama_params import FlashAttention
     from worker.logprobs import LogprobReader, LogprobText
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -147,6 +148,7 @@ class LlamaEngine:
         tensor_split: Sequence[float] | None = None,
         seed: int = 0,
         extra_buffers: ExtraBuffers = "auto",
+        flash_attention: FlashAttention = "auto",
         core_share: CoreShare | None = None,
     ) -> None:
         from worker.chat_prompt import ChatPrompter
@@ -156,6 +158,7 @@ class LlamaEngine:
         self._llm: Llama = open_llama(
             path=path,
             extra_buffers=extra_buffers,
+            flash_attention=flash_attention,
             n_ctx=n_ctx,
             n_threads=n_threads,
             seed=seed,

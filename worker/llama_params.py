@@ -1,5 +1,6 @@
 """llama.cpp model parameters carrying this host's CPU choice (see worker/hardware.py) and the
-model's GPU placement (gpu_layers, main_gpu, tensor_split: see presets/placement.py).
+model's GPU placement (gpu_layers, main_gpu, tensor_split: see presets/placement.py), and the
+context's flash attention choice (INFERENCE_FLASH_ATTENTION).
 
 Two ways in, one decision: `model_params` for engines that load the model through the
 low-level API, `open_llama` (with `gpu_options`) for engines built on llama-cpp-python's
@@ -12,7 +13,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp import Llama
@@ -23,6 +24,22 @@ logger = logging.getLogger(__name__)
 
 # llama.cpp's "every layer" for n_gpu_layers (Llama maps -1 to it the same way).
 _ALL_LAYERS = 0x7FFFFFFF
+
+FlashAttention = Literal["auto", "on", "off"]
+
+
+def flash_attn_type(setting: FlashAttention) -> int:
+    """llama.cpp's flash_attn_type for INFERENCE_FLASH_ATTENTION.
+
+    Auto is llama.cpp's own: it turns the fused kernel on unless the device that holds a
+    layer's KV cache cannot run it (on a CPU it always can).
+    """
+    types = {
+        "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }
+    return int(types[setting])
 
 
 def apply_cpu_choice(params: llama_cpp.llama_model_params, *, setting: ExtraBuffers) -> None:
@@ -90,15 +107,20 @@ def gpu_options(
 
 
 class ChoosingLlama(Llama):
-    """`Llama` whose model params get the CPU choice before its model loads.
+    """`Llama` whose model params get the CPU choice before its model loads, and whose context
+    params the flash attention choice before its context is made.
 
-    Llama 0.3.36 takes no `use_extra_bufts` argument: it builds `self.model_params` from
-    llama.cpp's defaults in its constructor and loads the model from that struct. Catching
-    the assignment keeps the choice on this one instance (no patched module attribute).
+    Llama 0.3.36 takes no `use_extra_bufts` argument and only on or off for flash attention:
+    it builds `self.model_params` and `self.context_params` from llama.cpp's defaults in its
+    constructor, fills them in and makes the model and context from those structs. Catching
+    the assignment keeps the CPU choice on this one instance (no patched module attribute);
+    the context params are handed out with the flash attention choice written afresh on every
+    read, so the read that makes the context carries it whatever Llama wrote in between.
     """
 
-    def __init__(self, *, extra_buffers: ExtraBuffers, **options: Any) -> None:
+    def __init__(self, *, extra_buffers: ExtraBuffers, flash_attention: FlashAttention, **options: Any) -> None:
         self._extra_buffers: ExtraBuffers = extra_buffers
+        self._flash_attn_type = flash_attn_type(flash_attention)
         super().__init__(**options)
 
     @property
@@ -111,13 +133,23 @@ class ChoosingLlama(Llama):
         apply_cpu_choice(params, setting=self._extra_buffers)
         self.__dict__["_chosen_model_params"] = params
 
+    @property
+    def context_params(self) -> llama_cpp.llama_context_params:
+        params: llama_cpp.llama_context_params = self.__dict__["_chosen_context_params"]
+        params.flash_attn_type = self._flash_attn_type
+        return params
 
-def open_llama(*, path: Path, extra_buffers: ExtraBuffers, **options: Any) -> Llama:
-    """Load a model with `Llama`, honouring INFERENCE_CPU_EXTRA_BUFFERS."""
-    llm = ChoosingLlama(model_path=str(path), extra_buffers=extra_buffers, **options)
+    @context_params.setter
+    def context_params(self, params: llama_cpp.llama_context_params) -> None:
+        self.__dict__["_chosen_context_params"] = params
+
+
+def open_llama(*, path: Path, extra_buffers: ExtraBuffers, flash_attention: FlashAttention, **options: Any) -> Llama:
+    """Load a model with `Llama`, honouring INFERENCE_CPU_EXTRA_BUFFERS and INFERENCE_FLASH_ATTENTION."""
+    llm = ChoosingLlama(model_path=str(path), extra_buffers=extra_buffers, flash_attention=flash_attention, **options)
     # A later llama-cpp-python that no longer assigns self.model_params would load the model
     # without the choice: on an AMX CPU that crashes at the first decode, so say why here.
-    if "_chosen_model_params" not in llm.__dict__:
+    if "_chosen_model_params" not in llm.__dict__ or "_chosen_context_params" not in llm.__dict__:
         llm.close()
-        raise RuntimeError("this llama-cpp-python ignores the CPU buffer choice; see worker/llama_params.py")
+        raise RuntimeError("this llama-cpp-python ignores the buffer or attention choice; see worker/llama_params.py")
     return llm

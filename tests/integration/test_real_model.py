@@ -24,7 +24,7 @@ def reference_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The same model called in-process: what the service must reproduce at temperature 0."""
     path = resolve_embedded(MODEL, models_dir=tmp_path_factory.mktemp("ref"))
     # With the worker's CPU choice: llama.cpp's default buffers crash on CPUs with AMX.
-    llm = open_llama(path=path, extra_buffers="auto", n_ctx=4096, n_threads=2, verbose=False)
+    llm = open_llama(path=path, extra_buffers="auto", flash_attention="auto", n_ctx=4096, n_threads=2, verbose=False)
     yield llm
     llm.close()
 

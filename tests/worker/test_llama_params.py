@@ -65,6 +65,7 @@ def test_llama_loads_with_the_placement_in_its_model_params(tmp_path: Path) -> N
     llm = open_llama(
         path=path,
         extra_buffers="auto",
+        flash_attention="auto",
         n_ctx=256,
         verbose=False,
         **gpu_options(gpu_layers=0, main_gpu=0, tensor_split=(1.0, 2.0)),
