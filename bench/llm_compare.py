@@ -25,13 +25,12 @@ from bench.inprocess import InProcessLlama
 from bench.metrics import RequestRecord, RunSummary, summarize
 from bench.procs import (
     clean_prefix,
-    running,
     start_front,
     start_llama_cpp_server,
     start_llama_server,
     start_worker,
 )
-from bench.prompts import CONCURRENT, POISSON, SEQUENTIAL, WARMUP_PROMPT, chat_body, prompt
+from bench.prompts import CONCURRENT, HEAD_TO_HEAD, POISSON, SEQUENTIAL, WARMUP_PROMPT, chat_body, prompt
 
 # A system's sender: offset -> (request index -> timed request of prompt offset + index).
 SendFor = Callable[[int], loadgen.Send]
@@ -67,6 +66,8 @@ class LlmResults:
     llama_bench_tg: float | None = None
     # Where the worker keeps the plain weight layout (AMX CPUs): llama-bench with llama.cpp's repacked one.
     llama_bench_tg_repacked: float | None = None
+    # Output tok/s at `concurrency` streams of (c4b) and (d), per round of alternating blocks.
+    head_to_head: list[tuple[float, float]] = field(default_factory=list)
     tools_note: str = ""
 
 
@@ -250,50 +251,97 @@ def _start_all(
     pids = {"front": front.pid, "worker": worker.pid}
     contenders.append(http_contender("c", "(c) this service", url, cfg, pids=pids, usage=True))
     if tools is not None:
-        server, url = start_llama_server(
-            tools.server,
-            model_path,
-            threads=cfg.threads,
-            n_ctx=cfg.n_ctx,
-            slots=cfg.concurrency,
-            log_dir=cfg.log_dir,
-            repack=ceilings.repack_weights(),
-        )
-        stack.callback(server.stop)
-        label = f"(d) llama-server -np {cfg.concurrency}" + ("" if ceilings.repack_weights() else " --no-repack")
-        contenders.append(http_contender("d", label, url, cfg, pids={"server": server.pid}, usage=True))
+        contenders.append(_start_llama_server(stack, cfg, model_path, tools))
     return contenders
 
 
-def four_slots(cfg: BenchConfig, log: Callable[[str], None], *, batching: bool) -> SystemRuns:
-    """The service with one worker running `concurrency` jobs: batched in one context, or one engine each."""
+def _start_llama_server(
+    stack: contextlib.ExitStack, cfg: BenchConfig, model_path: Path, tools: ceilings.LlamaTools
+) -> Contender:
+    server, url = start_llama_server(
+        tools.server,
+        model_path,
+        threads=cfg.threads,
+        n_ctx=cfg.n_ctx,
+        slots=cfg.concurrency,
+        log_dir=cfg.log_dir,
+        repack=ceilings.repack_weights(),
+    )
+    stack.callback(server.stop)
+    label = f"(d) llama-server -np {cfg.concurrency}" + ("" if ceilings.repack_weights() else " --no-repack")
+    return http_contender("d", label, url, cfg, pids={"server": server.pid}, usage=True)
+
+
+def four_slots(
+    cfg: BenchConfig,
+    log: Callable[[str], None],
+    *,
+    batching: bool,
+    rival: Callable[[contextlib.ExitStack], Contender] | None = None,
+) -> tuple[SystemRuns, list[tuple[float, float]]]:
+    """The service with one worker running `concurrency` jobs: batched in one context, or one engine each.
+
+    With a `rival` (llama-server), also the head-to-head rounds against it (see `head_to_head`).
+    """
     service = cfg.service()
     extra = {"INFERENCE_MAX_CONCURRENT_PER_MODEL": str(cfg.concurrency), "INFERENCE_BATCHING": str(batching).lower()}
     if batching:
         result = SystemRuns(key="c4b", label=f"(c) this service, {cfg.concurrency} batched slots")
     else:
         result = SystemRuns(key="c4", label=f"(c) this service, {cfg.concurrency} engines, no batching")
+    rounds: list[tuple[float, float]] = []
     try:
-        front, url = start_front(service, **extra)
-        with running(front):
+        with contextlib.ExitStack() as stack:
+            front, url = start_front(service, **extra)
+            stack.callback(front.stop)
             worker = start_worker(service, cfg.model, front_url=url, **extra)
-            with running(worker):
-                contender = http_contender(
-                    result.key, result.label, url, cfg, pids={"front": front.pid, "worker": worker.pid}, usage=True
-                )
+            stack.callback(worker.stop)
+            contender = http_contender(
+                result.key, result.label, url, cfg, pids={"front": front.pid, "worker": worker.pid}, usage=True
+            )
+            other = rival(stack) if rival is not None else None
 
-                async def drive() -> None:
-                    async with loadgen.client() as http:
-                        send_for = contender.make(http)
-                        await send_for(-1)(0)
+            async def drive() -> None:
+                async with loadgen.client() as http:
+                    send_for = contender.make(http)
+                    await send_for(-1)(0)
+                    wait_for_quiet(log=log)
+                    log(f"{result.label}: {cfg.concurrency} concurrent ...")
+                    await _load(result, send_for, contender.pids, cfg, poisson_rate=None, log=log)
+                    if other is not None:
+                        theirs = other.make(http)
+                        await theirs(-1)(0)
                         wait_for_quiet(log=log)
-                        log(f"{result.label}: {cfg.concurrency} concurrent ...")
-                        await _load(result, send_for, contender.pids, cfg, poisson_rate=None, log=log)
+                        log(f"{result.label} and {other.label}: alternating blocks of {cfg.concurrency} concurrent ...")
+                        rounds.extend(await head_to_head(send_for, theirs, cfg))
 
-                asyncio.run(drive())
+            asyncio.run(drive())
     finally:
         clean_prefix(cfg.redis_url, cfg.prefix)
-    return result
+    return result, rounds
+
+
+HEAD_TO_HEAD_ROUNDS = 4
+
+
+async def head_to_head(ours: SendFor, theirs: SendFor, cfg: BenchConfig) -> list[tuple[float, float]]:
+    """Output tok/s at `concurrency` streams of two systems, in blocks that alternate, the first rotating.
+
+    Measured one after the other, minutes apart, the two runs fall on different spells of a
+    shared machine's speed; each round here puts both systems in the same minute, and both
+    read the same prompts, fresh to either's cache.
+    """
+    per_block = 3 * cfg.concurrency
+    rounds: list[tuple[float, float]] = []
+    for index in range(HEAD_TO_HEAD_ROUNDS):
+        offset = HEAD_TO_HEAD + index * per_block
+        rates: dict[str, float] = {}
+        order = [("ours", ours), ("theirs", theirs)]
+        for name, send_for in order[index % 2 :] + order[: index % 2]:
+            run = await loadgen.fixed_concurrency(send_for(offset), requests=per_block, concurrency=cfg.concurrency)
+            rates[name] = summarize(run.records).tokens_per_s
+        rounds.append((rates["ours"], rates["theirs"]))
+    return rounds
 
 
 def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = print) -> LlmResults:
@@ -305,9 +353,16 @@ def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = prin
         contenders = _start_all(stack, cfg, model_path, tools)
         systems = asyncio.run(measure(contenders, cfg, log))
     results = LlmResults(systems=systems, libllama_batched={})
-    systems["c4b"] = four_slots(cfg, log, batching=True)
+    rival = None
+    if tools is not None:
+        server_tools = tools
+
+        def rival(stack: contextlib.ExitStack) -> Contender:
+            return _start_llama_server(stack, cfg, model_path, server_tools)
+
+    systems["c4b"], results.head_to_head = four_slots(cfg, log, batching=True, rival=rival)
     if cfg.four_engines:
-        systems["c4"] = four_slots(cfg, log, batching=False)
+        systems["c4"], _ = four_slots(cfg, log, batching=False)
     sequences = (1, cfg.concurrency)
     if tools is None:
         results.tools_note = ceilings.SKIP_LINE

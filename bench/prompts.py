@@ -50,12 +50,15 @@ _TEMPLATES = (
     "Explain {} to a curious student, in detail and with examples.",
     "Give a long, thorough account of {}.",
     "Describe {} step by step, leaving nothing out.",
+    "Tell the whole story of {}, with every detail you know.",
+    "Write a long essay on {}, covering it from every side.",
 )
 PROMPTS: tuple[str, ...] = tuple(template.format(topic) for template in _TEMPLATES for topic in _TOPICS)
 # Each load phase starts at its own offset, so no phase re-sends a prompt an earlier one
 # left in a server's prompt cache.
-# 32 prompts for the idle-system run, 64 for the concurrency blocks, 32 for Poisson arrivals.
-SEQUENTIAL, CONCURRENT, POISSON = 0, len(_TOPICS), 3 * len(_TOPICS)
+# 30 prompts for the idle-system run, 60 for the concurrency blocks, 30 for Poisson arrivals,
+# 60 for the head-to-head rounds of the batched service and llama-server.
+SEQUENTIAL, CONCURRENT, POISSON, HEAD_TO_HEAD = 0, len(_TOPICS), 3 * len(_TOPICS), 4 * len(_TOPICS)
 WARMUP_PROMPT = "Say hello and introduce yourself in two sentences."
 
 # The debate bench's questions: open enough that both models write to max_tokens. Each

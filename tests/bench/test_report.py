@@ -27,9 +27,12 @@ def _system(key: str, *, one_s: float, many_s: float, tpot_ms: float) -> SystemR
     )
 
 
-def _rows(systems: dict[str, SystemRuns], *, ceiling: dict[int, float]) -> dict[str, list[str]]:
+def _rows(
+    systems: dict[str, SystemRuns], *, ceiling: dict[int, float], head_to_head: list[tuple[float, float]] | None = None
+) -> dict[str, list[str]]:
     cfg = BenchConfig(prefix="t", models_dir=Path("."), log_dir=Path("."))
-    table = goals(Results(llm=LlmResults(systems=systems, libllama_batched=ceiling)), cfg)
+    llm = LlmResults(systems=systems, libllama_batched=ceiling, head_to_head=head_to_head or [])
+    table = goals(Results(llm=llm), cfg)
     rows = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -66,6 +69,28 @@ def test_llama_server_rows_compare_aggregate_tok_s_and_tpot() -> None:
     rows = _rows(systems, ceiling={1: 100.0, 4: 150.0})
     assert rows["output tok/s at 4 concurrent, (c4b) ÷ (d)"][2] == "**met**"
     assert rows["TPOT one stream, (c) ÷ (d)"][2] == "**met**"
+
+
+def test_the_aggregate_goal_reads_the_alternating_rounds_when_there_are_some() -> None:
+    systems = {
+        "c4b": _system("c4b", one_s=1.0, many_s=0.8, tpot_ms=11.0),
+        "d": _system("d", one_s=1.0, many_s=0.64, tpot_ms=10.0),
+    }
+    # Round ratios 1.10, 0.90, 1.05: median 1.05 beats llama-server though the separate runs (0.80) do not.
+    rounds = [(110.0, 100.0), (90.0, 100.0), (105.0, 100.0)]
+    aggregate = _rows(systems, ceiling={1: 100.0, 4: 150.0}, head_to_head=rounds)[
+        "output tok/s at 4 concurrent, (c4b) ÷ (d)"
+    ]
+    assert aggregate[0].startswith("1.05, median of 3 alternating rounds (1.10 0.90 1.05)")
+    assert aggregate[0].endswith("runs minutes apart: 0.80 (80.0 ÷ 100.0)")
+    assert aggregate[2] == "**met**"
+    behind = [(95.0, 100.0), (99.0, 100.0), (120.0, 100.0)]
+    assert (
+        _rows(systems, ceiling={1: 100.0, 4: 150.0}, head_to_head=behind)["output tok/s at 4 concurrent, (c4b) ÷ (d)"][
+            2
+        ]
+        == "**missed**"
+    )
 
 
 def test_no_llama_server_rows_when_it_was_skipped() -> None:
