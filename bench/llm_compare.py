@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,12 +252,12 @@ def _start_all(
     pids = {"front": front.pid, "worker": worker.pid}
     contenders.append(http_contender("c", "(c) this service", url, cfg, pids=pids, usage=True))
     if tools is not None:
-        contenders.append(_start_llama_server(stack, cfg, model_path, tools))
+        contenders.append(_start_llama_server(stack, cfg=cfg, model_path=model_path, tools=tools))
     return contenders
 
 
 def _start_llama_server(
-    stack: contextlib.ExitStack, cfg: BenchConfig, model_path: Path, tools: ceilings.LlamaTools
+    stack: contextlib.ExitStack, *, cfg: BenchConfig, model_path: Path, tools: ceilings.LlamaTools
 ) -> Contender:
     server, url = start_llama_server(
         tools.server,
@@ -353,13 +354,7 @@ def run(cfg: BenchConfig, model_path: Path, *, log: Callable[[str], None] = prin
         contenders = _start_all(stack, cfg, model_path, tools)
         systems = asyncio.run(measure(contenders, cfg, log))
     results = LlmResults(systems=systems, libllama_batched={})
-    rival = None
-    if tools is not None:
-        server_tools = tools
-
-        def rival(stack: contextlib.ExitStack) -> Contender:
-            return _start_llama_server(stack, cfg, model_path, server_tools)
-
+    rival = functools.partial(_start_llama_server, cfg=cfg, model_path=model_path, tools=tools) if tools else None
     systems["c4b"], results.head_to_head = four_slots(cfg, log, batching=True, rival=rival)
     if cfg.four_engines:
         systems["c4"], _ = four_slots(cfg, log, batching=False)

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 OrchestrationMode = Literal["single", "critique", "debate", "ensemble", "pipeline"]
 # How a batching llama.cpp worker lays out its KV cache across its slots (see `kv_cache` below).
 KvCacheLayout = Literal["split", "per_slot", "shared"]
+# When llama.cpp makes a context with its fused attention kernel (see `flash_attention` below).
+FlashAttention = Literal["auto", "on", "off"]
 
 
 def _default_memory_budget_mb() -> int:
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     # llama.cpp's fused attention kernel: "auto" uses it where the device that holds the KV
     # cache runs it (every CPU does), "on"/"off" force it. Its float sums run in another order,
     # so temperature-0 text can differ at a near tie from a context made with it off.
-    flash_attention: Literal["auto", "on", "off"] = "auto"
+    flash_attention: FlashAttention = "auto"
     # llama.cpp: one context decodes every concurrent job of the worker in one batch per
     # step; false gives each job a context (and a copy of the weights) of its own.
     batching: bool = True

@@ -21,14 +21,14 @@ from typing import Any
 
 import llama_cpp
 
-from presets.settings import KvCacheLayout
+from presets.settings import FlashAttention, KvCacheLayout
 from worker.chat_prompt import ChatPrompter
 from worker.choices import ChoiceText
 from worker.core_share import CoreShare
 from worker.engine import ChoiceOutcome, Emit, Outcome, Prompt, UnsupportedParameter, check_fits
 from worker.hardware import ExtraBuffers
 from worker.llama_batch import BatchScheduler, SequenceRequest
-from worker.llama_params import FlashAttention, flash_attn_type, model_params
+from worker.llama_params import flash_attn_type, model_params
 from worker.logprobs import LogprobReader
 from worker.protocol import Message, SamplingParams, Tool
 from worker.sampler_chain import build_sampler

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    from worker.llama_params import FlashAttention
+    from presets.settings import FlashAttention
     from worker.logprobs import LogprobReader, LogprobText
 
 FinishReason = Literal["stop", "length", "cancelled"]

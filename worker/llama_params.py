@@ -13,11 +13,12 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import llama_cpp
 from llama_cpp import Llama
 
+from presets.settings import FlashAttention
 from worker.hardware import ExtraBuffers, use_extra_buffers
 
 logger = logging.getLogger(__name__)
@@ -25,21 +26,18 @@ logger = logging.getLogger(__name__)
 # llama.cpp's "every layer" for n_gpu_layers (Llama maps -1 to it the same way).
 _ALL_LAYERS = 0x7FFFFFFF
 
-FlashAttention = Literal["auto", "on", "off"]
+# Auto is llama.cpp's own: the fused kernel unless the device that holds a layer's KV cache
+# cannot run it (a CPU always can).
+_FLASH_ATTN_TYPES: dict[FlashAttention, int] = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 
 
 def flash_attn_type(setting: FlashAttention) -> int:
-    """llama.cpp's flash_attn_type for INFERENCE_FLASH_ATTENTION.
-
-    Auto is llama.cpp's own: it turns the fused kernel on unless the device that holds a
-    layer's KV cache cannot run it (on a CPU it always can).
-    """
-    types = {
-        "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-        "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-        "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-    }
-    return int(types[setting])
+    """llama.cpp's flash_attn_type for INFERENCE_FLASH_ATTENTION."""
+    return _FLASH_ATTN_TYPES[setting]
 
 
 def apply_cpu_choice(params: llama_cpp.llama_model_params, *, setting: ExtraBuffers) -> None:

@@ -7,20 +7,22 @@ order than the plain one: the log probabilities of the same greedy run tell them
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import llama_cpp
 import pytest
 
+from presets.settings import FlashAttention
 from worker.batched_engine import BatchedLlamaEngine
 from worker.engine import LlamaEngine
-from worker.llama_params import FlashAttention, flash_attn_type
+from worker.llama_params import flash_attn_type
 from worker.protocol import Message, SamplingParams, TokenLogprob
 
 pytestmark = pytest.mark.model
 
-PARAMS = SamplingParams(max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=2)
+MAX_TOKENS = 12
+PARAMS = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=True, top_logprobs=2)
 SETTINGS: tuple[FlashAttention, ...] = ("off", "on", "auto")
 
 
@@ -60,10 +62,11 @@ def one_context(model_path: Path, setting: FlashAttention) -> LlamaEngine:
 
 
 @pytest.mark.parametrize("build", [batched, one_context], ids=["batched", "one-context"])
-def test_auto_takes_the_fused_kernel_on_a_cpu_and_off_the_plain_one(model_path: Path, build: object) -> None:
-    assert callable(build)
+def test_auto_takes_the_fused_kernel_on_a_cpu_and_off_the_plain_one(
+    model_path: Path, build: Callable[[Path, FlashAttention], BatchedLlamaEngine | LlamaEngine]
+) -> None:
     runs = {setting: read_logprobs(build(model_path, setting)) for setting in SETTINGS}
-    assert len(runs["on"]) == 3 * PARAMS.max_tokens
+    assert len(runs["on"]) == 3 * MAX_TOKENS
     # The same kernel twice gives the same floats; the other kernel, others.
     assert runs["auto"] == runs["on"]
     assert runs["off"] != runs["on"]
