@@ -415,10 +415,10 @@ def notes(cfg: BenchConfig) -> Iterator[str]:
     )
     yield (
         "Queue path CPU per request is each process's CPU time over the phase divided by its requests. A request "
-        "takes 2 Redis round trips from the front (admit and queue in one script; drop the kept final event and "
-        "the slot) and 9 from the worker, 6 of them arq's own (claim: WATCH, EXISTS, ZSCORE, MULTI/EXEC; start; "
-        "finish) beside the queue read, the running entry, and the events with the job's end; each costs "
-        "~65-160 µs of client CPU in redis-py. `python -m bench.trace_path` lists them on one timeline."
+        "takes 3 Redis round trips from the front (read the fleet; admit and queue in one script; drop the kept "
+        "final event and the slot) and 4 from the worker (the queue read, whose script also claims and reads the "
+        "job for arq; the running entry; the events with the job's end; arq's finish); each costs ~65-160 µs of "
+        "client CPU in redis-py. `python -m bench.trace_path` lists them on one timeline."
     )
     yield (
         "Each run waits for the machine to be quiet; a phase (or an idle-system round) during which other "

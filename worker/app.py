@@ -20,6 +20,7 @@ from presets.logs import bind, configure_logging
 from presets.placement import placement_for
 from presets.registry import load_registry
 from presets.settings import Settings
+from worker.arq_claims import ARQ_IN_PROGRESS_EXTRA_S
 from worker.bad_jobs import drop_undecodable
 from worker.core_share import CoreShare, usable_cores
 from worker.engine import Engine, LlamaEngine
@@ -221,8 +222,9 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     runtime: WorkerRuntime | None = ctx.get("runtime")
     if runtime is not None:
         # Redis may be down: the worker's commands would wait for it forever, and its
-        # entry expires with the heartbeat TTL anyway.
+        # entry (and any job it claimed and never ran) expires anyway.
         try:
+            await asyncio.wait_for(pool.give_back_claims(), _SHUTDOWN_REDIS_WAIT_S)
             await asyncio.wait_for(runtime.presence.stop(), _SHUTDOWN_REDIS_WAIT_S)
         except TimeoutError:
             logger.warning("Redis did not answer; leaving the worker's entry to expire")
@@ -265,17 +267,20 @@ def create_worker_settings(settings: Settings, *, make_steps: MakeStepHooks | No
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     keys = Keys(prefix=settings.key_prefix)
     redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    job_timeout_s = settings.request_timeout_s + 30
     pool = WakeablePool(
         create_pool(settings.redis_url, role="worker"),
         queue_name=keys.queue(model_id),
         wake_channel=keys.wake(model_id),
         idle_wait_s=settings.idle_poll_s,
+        # The read claims jobs as arq would: its in-progress key lives the job timeout and 10 s.
+        in_progress_ms=int((job_timeout_s + ARQ_IN_PROGRESS_EXTRA_S) * 1000),
         capacity=max(settings.max_concurrent_per_model, 1),
         job_serializer=arq_serialize,
         job_deserializer=arq_deserialize,
     )
     attributes: dict[str, Any] = {
-        "functions": [func(chat, name=CHAT_FUNCTION, timeout=settings.request_timeout_s + 30, max_tries=3)],
+        "functions": [func(chat, name=CHAT_FUNCTION, timeout=job_timeout_s, max_tries=3)],
         "queue_name": keys.queue(model_id),
         "redis_settings": redis_settings,
         "redis_pool": pool,

@@ -14,7 +14,8 @@ jobs is arq's own: its tasks running `Worker.run_job`, from the claim to the las
 A job stays in the queue while it runs (arq removes it at the end), so the read skips jobs
 another worker holds (arq's in-progress key) and returns at most the free slots: a worker
 never spends a claim on a running job, and an idle worker beside busy ones waits for a wake
-instead of re-reading the same running jobs every `poll_delay`.
+instead of re-reading the same running jobs every `poll_delay`. The read also claims the jobs
+it returns, in the same script (worker.arq_claims), which spares arq's own claim its round trips.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
+from worker.arq_claims import ClaimingPipeline, Claims
 from worker.listener import Listener
 
 logger = logging.getLogger(__name__)
@@ -41,17 +40,6 @@ ARQ_HEADROOM = 1
 # The coroutine arq runs each job in (arq 0.28); its tasks are the jobs this worker holds.
 _ARQ_JOB_COROUTINE = "Worker.run_job"
 
-# Queued jobs by score, without those a worker runs now, at most ARGV[6] of them.
-_READ_CLAIMABLE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
-local free = {}
-local room = tonumber(ARGV[6])
-for _, id in ipairs(ids) do
-  if #free >= room then break end
-  if redis.call('EXISTS', ARGV[5] .. id) == 0 then free[#free + 1] = id end
-end
-return free
-"""
 # Read by the queue read when the worker has no capacity of its own: arq's read limit rules.
 _ANY_ROOM = 1 << 30
 
@@ -73,6 +61,7 @@ class WakeablePool(ArqRedis):
         queue_name: str,
         wake_channel: str,
         idle_wait_s: float,
+        in_progress_ms: int,
         capacity: int | None = None,
         stopping: Callable[[], bool] = lambda: False,
         **kwargs: Any,
@@ -89,7 +78,7 @@ class WakeablePool(ArqRedis):
         self.stopping = stopping
         self._room = asyncio.Event()
         self._watched: set[asyncio.Task[object]] = set()
-        self._read_claimable = self.register_script(_READ_CLAIMABLE)
+        self._claims = Claims(self, queue_name=queue_name, in_progress_ms=in_progress_ms)
 
     async def start_wake_listener(self) -> None:
         pubsub = self.pubsub(ignore_subscribe_messages=True)
@@ -102,8 +91,14 @@ class WakeablePool(ArqRedis):
         if self._listener is not None:
             await self._listener.stop()
 
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> OutageSafePipeline:
-        return OutageSafePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+    async def give_back_claims(self) -> None:
+        """Hand back jobs the read claimed that arq never ran (at shutdown)."""
+        await self._claims.give_back_all()
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> ClaimingPipeline:
+        return ClaimingPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint, claims=self._claims
+        )
 
     async def zrangebyscore(  # type: ignore[override]
         self, name: Any, min: Any, max: Any, start: int | None = None, num: int | None = None, **kwargs: Any
@@ -122,10 +117,8 @@ class WakeablePool(ArqRedis):
         return await self._claimable(min, timestamp_ms(), start=start, num=num, room=room)
 
     async def _claimable(self, low: Any, high: Any, *, start: int | None, num: int | None, room: int) -> list[bytes]:
-        args: list[str | int] = [_score(low), _score(high), start or 0, -1 if num is None else num]
-        args += [in_progress_key_prefix, room]
-        found: list[bytes] = await self._read_claimable(keys=[self._queue_name], args=args)
-        return found
+        count = -1 if num is None else num
+        return await self._claims.take(_score(low), _score(high), start=start or 0, num=count, room=room)
 
     async def _wait_for_room(self, capacity: int) -> int:
         """Free slots, once there is one (or after `idle_wait_s`, 0 if there is none then)."""
@@ -153,33 +146,3 @@ def _score(bound: Any) -> str:
     if isinstance(bound, float) and bound in (float("inf"), float("-inf")):
         return "+inf" if bound > 0 else "-inf"
     return str(bound)
-
-
-class OutageSafePipeline(Pipeline):
-    """A pipeline whose optimistic transaction fails where arq expects it to, not earlier.
-
-    redis-py raises WatchError at the command that meets a lost connection while keys are
-    watched. arq reads keys between WATCH and EXEC without guarding those reads, so a Redis
-    restart at that moment would end the worker. Here the reads are retried on a new
-    connection and the transaction is refused at EXEC instead, which arq treats as "another
-    worker took the job": the job stays queued and the next poll takes it.
-    """
-
-    _lost_watch = False
-
-    async def _disconnect_reset_raise(self, conn: Any, error: Exception) -> None:
-        if self.watching:
-            await conn.disconnect()
-            self._lost_watch = True
-            return
-        await super()._disconnect_reset_raise(conn, error)  # type: ignore[no-untyped-call]
-
-    async def execute(self, raise_on_error: bool = True) -> Any:
-        if self._lost_watch:
-            await self.reset()
-            raise WatchError("the connection was lost while keys were watched; nothing was run")
-        return await super().execute(raise_on_error)
-
-    async def reset(self) -> None:
-        self._lost_watch = False
-        await super().reset()  # type: ignore[no-untyped-call]

@@ -34,6 +34,7 @@ async def make_pool(prefix: str) -> AsyncIterator[MakePool]:
             queue_name=f"{prefix}:q:m",
             wake_channel=f"{prefix}:wake:m",
             idle_wait_s=idle_wait_s,
+            in_progress_ms=60_000,
             capacity=capacity,
         )
         await pool.start_wake_listener()
