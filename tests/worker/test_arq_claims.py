@@ -199,3 +199,26 @@ async def test_a_command_the_pipeline_does_not_answer_lets_the_claim_go(make_poo
         assert await pipe.execute() == [True]
     assert await pool.exists(in_progress) == 1
     assert await pool.get(f"{retry_key_prefix}{prefix}:job0") is None
+
+
+async def test_a_read_the_pipeline_does_not_answer_counts_one_try(make_pool: MakePool, prefix: str) -> None:
+    pool, _ = await make_pool()
+    await enqueue(pool, prefix, 1)
+    [job_id] = [raw.decode() for raw in await read(pool, prefix)]
+    in_progress = f"{in_progress_key_prefix}{job_id}"
+    # arq's claim, answered from the read's script.
+    async with pool.pipeline(transaction=True) as pipe:
+        await pipe.watch(in_progress)
+        assert await pipe.exists(in_progress) == 0
+        pipe.multi()
+        pipe.psetex(in_progress, ARQ_IN_PROGRESS_MS, b"1")
+        assert await pipe.execute() == [True]
+    # A read unlike arq 0.28's (with the abort set, as allow_abort_jobs has it) goes to Redis.
+    async with pool.pipeline(transaction=True) as pipe:
+        pipe.get(f"arq:job:{job_id}")
+        pipe.incr(f"{retry_key_prefix}{job_id}")
+        pipe.expire(f"{retry_key_prefix}{job_id}", 88400)
+        pipe.zrem("arq:abort", job_id)
+        payload, tries, _, _ = await pipe.execute()
+    assert payload is not None
+    assert tries == 1
