@@ -89,8 +89,8 @@ class Claims:
     async def take(self, low: str, high: str, *, start: int, num: int, room: int) -> list[bytes]:
         """Claim up to `room` queued jobs with scores from `low` to `high`; their ids, in order.
 
-        Jobs the last read claimed and arq did not start are given back first, in the same
-        round trip: arq starts a read's jobs before it reads again.
+        Jobs the last read claimed and arq did not start are given back first, in a round trip
+        of their own; that is rare, since arq starts a read's jobs before it reads again.
         """
         stale = list(self._waiting.values())
         self._waiting.clear()

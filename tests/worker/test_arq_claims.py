@@ -78,11 +78,14 @@ async def record_try(ctx: dict[str, Any], n: int) -> None:
     ctx["ran"].append((n, ctx["job_try"]))
 
 
-async def run_queue(pool: WakeablePool, prefix: str) -> list[tuple[int, int]]:
-    """Run arq's Worker on the pool until the queue is empty: (argument, try) of each job run."""
+Job = Callable[..., Awaitable[None]]
+
+
+async def run_queue(pool: WakeablePool, prefix: str, *, job: Job = record_try) -> list[tuple[int, int]]:
+    """Run arq's Worker on the pool until the queue is empty: what each job run recorded, in order."""
     ran: list[tuple[int, int]] = []
     worker = Worker(
-        functions=[func(record_try, name="record_try")],
+        functions=[func(job, name="record_try")],
         redis_pool=pool,
         queue_name=f"{prefix}:q:m",
         burst=True,
@@ -127,18 +130,8 @@ async def test_a_claim_timed_unlike_arq_takes_arqs_timeout(make_pool: MakePool, 
     async def in_progress_ttl_ms(ctx: dict[str, Any], n: int) -> None:
         ctx["ran"].append((n, await pool.pttl(f"{in_progress_key_prefix}{prefix}:job0")))
 
-    worker = Worker(
-        functions=[func(in_progress_ttl_ms, name="record_try")],
-        redis_pool=pool,
-        queue_name=f"{prefix}:q:m",
-        burst=True,
-        poll_delay=0.01,
-        handle_signals=False,
-        ctx={"ran": (ran := [])},
-    )
     await enqueue(pool, prefix, 1)
-    await worker.main()
-    [(_, ttl_ms)] = ran
+    [(_, ttl_ms)] = await run_queue(pool, prefix, job=in_progress_ttl_ms)
     assert ARQ_IN_PROGRESS_MS - 5_000 < ttl_ms <= ARQ_IN_PROGRESS_MS
 
 
